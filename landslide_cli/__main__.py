@@ -1,0 +1,4 @@
+from landslide_cli.cli.app import run
+
+if __name__ == "__main__":
+    run()

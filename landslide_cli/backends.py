@@ -1,0 +1,80 @@
+"""Inference backends behind one small interface, shared by ``predict`` and ``eval``.
+
+A backend turns a batch of *normalized* tiles ``(N, C, H, W)`` float32 into landslide
+probabilities ``(N, H, W)`` float32. Windowing, stitching, metrics and polygonizing never look
+past this interface, so the torch and ONNX Runtime paths give the same results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from landslide_cli.devices import resolve_device
+from landslide_cli.preprocess import InputSpec
+from landslide_cli.registry import Registry
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str  #: "torch" or "onnx"
+    device: str  #: what actually runs it, e.g. "cpu", "cuda:0", "CUDAExecutionProvider"
+    spec: InputSpec  #: bands, scaling and normalization the model expects
+    threshold: float  #: decision threshold from the model's metadata
+    model_name: str
+    model_sha256: str
+    metadata: dict  #: the checkpoint's full JSON metadata
+    fixed_tile: int | None  #: a tile size the model requires (ONNX static shape), else None
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) normalized float32 -> (N, H, W) float32 landslide probability."""
+        ...
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model_ref: str | Path | None = None, *, device: str = "auto",
+                 amp: bool = True) -> None:
+        from landslide_cli.zoo.loading import load_model
+
+        dev = resolve_device(device)
+        loaded = load_model(model_ref, device=dev)
+        self.model = loaded.model
+        self.torch_device = dev
+        self.device = str(dev)
+        self.spec = loaded.meta.input_spec
+        self.threshold = loaded.meta.threshold
+        self.model_name = loaded.name
+        self.model_sha256 = loaded.sha256
+        self.metadata = loaded.meta.to_dict()
+        self.model_path = loaded.path
+        self.fixed_tile = None
+        self.amp = amp and dev.type == "cuda"
+
+    @torch.inference_mode()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.torch_device.type == "cuda":
+            x = x.pin_memory().to(self.torch_device, non_blocking=True)
+        with torch.autocast(self.torch_device.type, dtype=torch.float16, enabled=self.amp):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+
+
+#: name -> ``factory(model_ref, *, device) -> Backend``
+BACKENDS: Registry = Registry("backend")
+BACKENDS.add("torch", TorchBackend, description="PyTorch eager (CPU or CUDA)")
+
+
+def open_backend(model_ref: str | Path | None = None, *, backend: str = "auto",
+                 device: str = "auto") -> Backend:
+    """Open ``model_ref`` with the named backend; ``auto`` picks ONNX for ``.onnx`` files."""
+    if backend == "auto":
+        backend = "onnx" if str(model_ref or "").lower().endswith(".onnx") else "torch"
+    if backend == "onnx" and "onnx" not in BACKENDS:
+        import landslide_cli.onnx_backend  # noqa: F401 - registers "onnx"
+    return BACKENDS.build(backend, model_ref, device=device)

@@ -1,0 +1,1 @@
+"""Typer command-line interface: thin layers over the library functions."""

@@ -1,0 +1,57 @@
+"""`landslide models` and `landslide info`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from landslide_cli.cli import common
+from landslide_cli.inspect import list_models, model_info
+
+
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List registered backbones, decoders, teachers and shipped models."""
+    data = list_models()
+    if as_json:
+        common.print_json(data)
+        return
+    for section, rows in data.items():
+        table = Table(title=section, title_justify="left", show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("details")
+        for row in rows:
+            details = ", ".join(f"{k}={v}" for k, v in row.items() if k != "name")
+            table.add_row(row["name"], details)
+        if not rows:
+            table.add_row("-", "none")
+        common.out.print(table)
+
+
+def info(
+    model: str = typer.Argument(..., help="Checkpoint path, shipped model name, or spec such as "
+                                          "pvt_v2_b0+dcf."),
+    size: int = typer.Option(512, "--size", min=32, help="Input size for the FLOP count."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a model's card, parameter counts and GFLOPs."""
+    data = model_info(model, size=size)
+    if as_json:
+        common.print_json(data)
+        return
+    table = Table(title=f"model {model}", title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    arch = data["architecture"]
+    table.add_row("architecture", f"{arch['backbone']} + {arch['decoder']} "
+                                  f"(width {arch['decoder_width']}, {arch['num_classes']} classes)")
+    for part, n in data["params"].items():
+        table.add_row(f"params {part}", f"{n:,} ({n / 1e6:.2f} M)")
+    table.add_row("GFLOPs @512²", f"{data['gflops_512']:.2f}")
+    if "gflops" in data:
+        table.add_row(f"GFLOPs @{size}²", f"{data['gflops']:.2f}")
+    for key, value in data["card"].items():
+        if key != "architecture" and value not in ({}, [], "", None):
+            table.add_row(key, str(value))
+    common.out.print(table)

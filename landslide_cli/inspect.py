@@ -1,0 +1,76 @@
+"""Model inspection: registered names, parameter counts and FLOPs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landslide_cli.errors import LandslideError
+
+
+def list_models() -> dict[str, list[dict[str, Any]]]:
+    """Registered backbones, decoders and teachers, plus shipped checkpoints."""
+    import landslide_cli.zoo  # noqa: F401 - registration
+    from landslide_cli.zoo.loading import shipped_models
+    from landslide_cli.zoo.registries import BACKBONES, DECODERS, TEACHERS
+
+    def rows(registry: Any) -> list[dict[str, Any]]:
+        return [{"name": e.name, **{k: v for k, v in e.info.items()}} for e in registry]
+
+    return {
+        "backbones": rows(BACKBONES),
+        "decoders": rows(DECODERS),
+        "teachers": rows(TEACHERS),
+        "shipped": [{"name": n, "path": str(p)} for n, p in shipped_models().items()],
+    }
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def gflops(model: nn.Module, size: int = 512, in_chans: int = 3) -> float:
+    """Forward GFLOPs (multiply-add = 2 FLOPs) at ``size x size`` for batch 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, in_chans, size, size)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+def model_info(ref: str, *, size: int = 512) -> dict[str, Any]:
+    """Card, parameter counts and GFLOPs for a checkpoint path, shipped name or spec."""
+    from landslide_cli.zoo.loading import load_model, shipped_models
+    from landslide_cli.zoo.segmenter import build_segmenter
+    from landslide_cli.zoo.spec import parse_spec
+
+    card: dict[str, Any] = {}
+    if Path(ref).exists() or ref in shipped_models() or ref == "default":
+        loaded = load_model(None if ref == "default" else ref)
+        model = loaded.model
+        card = loaded.meta.to_dict()
+        card["path"] = str(loaded.path)
+        card["sha256"] = loaded.sha256
+    elif "+" in ref or not ref.endswith((".safetensors", ".onnx")):
+        model = build_segmenter(parse_spec(ref))
+        card = {"architecture": model.arch.to_dict(), "weights": "random init"}
+    else:
+        raise LandslideError(f"model not found: {ref}")
+    backbone = count_params(model.backbone)
+    decoder = count_params(model.decoder)
+    return {
+        "model": ref,
+        "architecture": model.arch.to_dict(),
+        "params": {"backbone": backbone, "decoder": decoder, "total": backbone + decoder},
+        "gflops_512": round(gflops(model, 512, model.arch.in_chans), 3),
+        **({"gflops": round(gflops(model, size, model.arch.in_chans), 3), "size": size}
+           if size != 512 else {}),
+        "card": card,
+    }

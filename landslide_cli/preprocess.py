@@ -1,0 +1,97 @@
+"""Input description and normalization, shared by training, eval, predict and export.
+
+The :class:`InputSpec` lives in every checkpoint's metadata, so all three paths scale and
+normalize pixels identically: ``x = (raw / scale - mean) / std`` per band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from landslide_cli.errors import LandslideError
+
+# ImageNet statistics (for [0, 1]-scaled RGB), the usual choice for timm backbones.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class InputSpec:
+    """What a model expects to be fed.
+
+    Attributes:
+        bands: names of the input bands, in the order the model expects them.
+        band_indices: 1-based raster band indices to read by default (``None``: 1..len(bands)).
+        scale: raw values are divided by this (255 for 8-bit, 10000 for reflectance DNs, 1 for
+            float data already in [0, 1]).
+        mean, std: per-band normalization applied after scaling.
+        dtype: the raster data type the model was trained on ("uint8", "uint16", "float32").
+        resolution_m: nominal ground sampling distance range [min, max] in metres, if known.
+        tile: the tile size the model was trained and is run at.
+    """
+
+    bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    band_indices: list[int] | None = None
+    scale: float = 255.0
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    dtype: str = "uint8"
+    resolution_m: list[float] | None = None
+    tile: int = 512
+
+    def __post_init__(self) -> None:
+        n = len(self.bands)
+        if n == 0:
+            raise LandslideError("input spec: at least one band is required")
+        if len(self.mean) != n or len(self.std) != n:
+            raise LandslideError(
+                f"input spec: {n} bands but {len(self.mean)} means and {len(self.std)} stds"
+            )
+        if self.band_indices is not None and len(self.band_indices) != n:
+            raise LandslideError(
+                f"input spec: {n} bands but {len(self.band_indices)} band indices"
+            )
+        if self.scale <= 0 or any(s <= 0 for s in self.std):
+            raise LandslideError("input spec: scale and std must be positive")
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def indices(self) -> list[int]:
+        """1-based band indices to read from a raster."""
+        return list(self.band_indices) if self.band_indices else list(range(1, self.num_bands + 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        """Scale and normalize a (C, H, W) or (N, C, H, W) array to float32."""
+        return normalize(raw, self)
+
+
+def normalize(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """``(raw / scale - mean) / std`` per band, as float32. Channel axis is -3."""
+    if raw.ndim not in (3, 4):
+        raise LandslideError(f"expected a (C,H,W) or (N,C,H,W) array, got shape {raw.shape}")
+    c = raw.shape[-3]
+    if c != spec.num_bands:
+        raise LandslideError(
+            f"the model expects {spec.num_bands} bands ({', '.join(spec.bands)}), got {c}"
+        )
+    shape = (c, 1, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * np.float32(spec.scale)
+    inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape) * np.float32(spec.scale))
+    out = raw.astype(np.float32, copy=True)
+    out -= mean
+    out *= inv
+    return out

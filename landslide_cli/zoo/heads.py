@@ -1,0 +1,1 @@
+"""Alternative decoder heads (Table IV ablation)."""

@@ -1,0 +1,88 @@
+"""Resolve a model reference (checkpoint path, shipped model name, default) to a ready model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from landslide_cli.checkpoint import CheckpointMeta, file_sha256, load_checkpoint
+from landslide_cli.errors import CheckpointError, LandslideError
+from landslide_cli.zoo.segmenter import Segmenter, build_segmenter
+
+#: Name of the embedded default model (``models/<name>.safetensors``).
+DEFAULT_MODEL = "landslide-pvtb0-dcf-v1"
+
+
+def models_dir() -> Path:
+    """Folder of shipped models: inside the wheel, or ``models/`` of a source checkout."""
+    here = Path(__file__).resolve().parent.parent
+    installed = here / "_models"
+    return installed if installed.is_dir() else here.parent / "models"
+
+
+def shipped_models() -> dict[str, Path]:
+    folder = models_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.name.removesuffix(".safetensors"): p for p in sorted(folder.glob("*.safetensors"))}
+
+
+def resolve_model_path(ref: str | Path | None) -> Path:
+    """A checkpoint path for ``ref``: an existing file, a shipped model name, or the default."""
+    if ref is None or str(ref) == "" or str(ref) == "default":
+        shipped = shipped_models()
+        if DEFAULT_MODEL in shipped:
+            return shipped[DEFAULT_MODEL]
+        raise LandslideError(
+            "no default model is bundled with this installation; pass --model PATH "
+            "(a checkpoint from `landslide train segment`)"
+        )
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    shipped = shipped_models()
+    if str(ref) in shipped:
+        return shipped[str(ref)]
+    known = ", ".join(shipped) or "none bundled"
+    raise LandslideError(f"model not found: {ref} (not a file; shipped models: {known})")
+
+
+@dataclass
+class LoadedModel:
+    model: Segmenter
+    meta: CheckpointMeta
+    path: Path
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.meta.name or self.path.stem
+
+
+def segmenter_from_checkpoint(meta: CheckpointMeta, state: dict[str, torch.Tensor],
+                              source: str = "checkpoint") -> Segmenter:
+    if meta.kind != "segmenter":
+        raise CheckpointError(
+            f"{source}: is a {meta.kind} checkpoint, not a segmentation model "
+            "(use it with `landslide train segment --init`)"
+        )
+    try:
+        model = build_segmenter(meta.arch)
+    except LandslideError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing
+                else f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{source}: weights do not match {meta.arch.spec}: {what} tensors")
+    return model.eval()
+
+
+def load_model(ref: str | Path | None = None, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a segmentation checkpoint (``None``: the embedded default model) for inference."""
+    path = resolve_model_path(ref)
+    meta, state = load_checkpoint(path)
+    model = segmenter_from_checkpoint(meta, state, source=str(path)).to(device)
+    return LoadedModel(model=model, meta=meta, path=path, sha256=file_sha256(path))

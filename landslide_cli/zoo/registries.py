@@ -1,0 +1,14 @@
+"""The model registries. Builders register themselves when their module is imported."""
+
+from __future__ import annotations
+
+from landslide_cli.registry import Registry
+
+#: name -> ``builder(*, in_chans, pretrained, weights) -> nn.Module`` returning 4 feature maps
+#: (strides 4/8/16/32); the module exposes ``.widths`` (list of 4 channel counts).
+BACKBONES: Registry = Registry("backbone")
+#: name -> ``builder(in_channels: list[int], num_classes: int, width: int) -> nn.Module``;
+#: ``forward(features) -> logits`` at stride 4 (the segmenter resizes to the input).
+DECODERS: Registry = Registry("decoder")
+#: name -> ``builder(*, pretrained, weights, img_size) -> Teacher`` (frozen, NCHW feature map).
+TEACHERS: Registry = Registry("teacher")

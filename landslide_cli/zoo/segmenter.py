@@ -1,0 +1,63 @@
+"""Backbone + decoder = segmentation model, for any input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landslide_cli.zoo.registries import BACKBONES, DECODERS
+from landslide_cli.zoo.spec import Architecture
+
+
+class Segmenter(nn.Module):
+    """Segmentation model returning logits ``(N, num_classes, H, W)`` for any ``H, W``.
+
+    Inputs whose sides are not multiples of the backbone's total stride (32) are padded at the
+    bottom/right by reflection and the logits are cropped back, so tiles of any size work.
+    """
+
+    def __init__(self, backbone: nn.Module, decoder: nn.Module, arch: Architecture) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.arch = arch
+        self.multiple = int(getattr(backbone, "reduction", 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph = (-h) % self.multiple
+        pw = (-w) % self.multiple
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        logits = self.decoder(self.backbone(x))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if ph or pw:
+            logits = logits[..., :h, :w]
+        return logits
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Landslide probability ``(N, H, W)`` (softmax over classes, class 1)."""
+        return torch.softmax(self.forward(x).float(), dim=1)[:, 1]
+
+
+def build_segmenter(arch: Architecture | str, *, pretrained: bool = False,
+                    weights: str | Path | None = None) -> Segmenter:
+    """Build a segmenter; ``pretrained``/``weights`` apply to the backbone only."""
+    if isinstance(arch, str):
+        from landslide_cli.zoo.spec import parse_spec
+
+        arch = parse_spec(arch)
+    import landslide_cli.zoo  # noqa: F401 - registers all builders
+
+    arch.backbone = BACKBONES.resolve(arch.backbone)
+    arch.decoder = DECODERS.resolve(arch.decoder)
+    backbone = BACKBONES.build(arch.backbone, in_chans=arch.in_chans, pretrained=pretrained,
+                               weights=weights)
+    decoder = DECODERS.build(arch.decoder, list(backbone.widths), num_classes=arch.num_classes,
+                             width=arch.decoder_width)
+    return Segmenter(backbone, decoder, arch)

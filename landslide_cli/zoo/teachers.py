@@ -1,0 +1,1 @@
+"""Frozen teachers for distillation."""
