@@ -12,8 +12,9 @@ from landslide_cli.errors import LandslideError
 
 
 def list_models() -> dict[str, list[dict[str, Any]]]:
-    """Registered backbones, decoders and teachers, plus shipped checkpoints."""
+    """Registered backbones, decoders, teachers and discriminators, plus shipped checkpoints."""
     import landslide_cli.zoo  # noqa: F401 - registration
+    from landslide_cli.zoo.discriminator import DISCRIMINATORS
     from landslide_cli.zoo.loading import shipped_models
     from landslide_cli.zoo.registries import BACKBONES, DECODERS, TEACHERS
 
@@ -24,6 +25,7 @@ def list_models() -> dict[str, list[dict[str, Any]]]:
         "backbones": rows(BACKBONES),
         "decoders": rows(DECODERS),
         "teachers": rows(TEACHERS),
+        "discriminators": rows(DISCRIMINATORS),
         "shipped": [{"name": n, "path": str(p)} for n, p in shipped_models().items()],
     }
 

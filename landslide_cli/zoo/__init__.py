@@ -1,6 +1,7 @@
 """Model zoo: backbones, decoders, teachers and the discriminator, registered by name."""
 
 from landslide_cli.zoo import backbones, dcf, heads, teachers  # noqa: F401 - registration
+from landslide_cli.zoo.discriminator import DISCRIMINATORS, build_discriminator
 from landslide_cli.zoo.registries import BACKBONES, DECODERS, TEACHERS
 from landslide_cli.zoo.segmenter import Segmenter, build_segmenter
 from landslide_cli.zoo.spec import Architecture, parse_spec
@@ -8,9 +9,11 @@ from landslide_cli.zoo.spec import Architecture, parse_spec
 __all__ = [
     "BACKBONES",
     "DECODERS",
+    "DISCRIMINATORS",
     "TEACHERS",
     "Architecture",
     "Segmenter",
+    "build_discriminator",
     "build_segmenter",
     "parse_spec",
 ]
