@@ -1,0 +1,1 @@
+"""Training: KDA distillation (phase 1) and segmentation (phase 2)."""

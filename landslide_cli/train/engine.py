@@ -1,0 +1,521 @@
+"""The generic training loop shared by both phases.
+
+A phase implements :class:`TrainTask` (build models, one optimisation step, validation, output
+checkpoints); :func:`fit` owns everything around it: seeding and deterministic data order,
+epochs, progress display, ``metrics.csv``/TensorBoard logging, the per-epoch resume state,
+``--resume``, ``--stop-after``, and the distributed bookkeeping (rank-0-only I/O, reductions,
+barriers).
+
+Determinism: at the start of epoch ``e`` every process re-seeds Python, numpy and torch with a
+value derived from ``(seed, e, rank)``, the shuffling sampler with ``(seed, e)`` and the
+DataLoader's worker seeds with ``(seed, e, rank)``. The data order and augmentations of an epoch
+therefore depend on nothing but the seed and the epoch number, which is what makes a resumed run
+reproduce an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from landslide_cli.checkpoint import atomic_write
+from landslide_cli.errors import CheckpointError, LandslideError
+from landslide_cli.train.config import TrainConfig, save_config
+from landslide_cli.train.distributed import DistContext
+from landslide_cli.train.state import load_state, rng_state, save_state, set_rng_state
+
+STATE_FILE = "state.safetensors"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+
+
+# --------------------------------------------------------------------------- seeding
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and platforms)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h ^= (int(p) + 0x9E3779B97F4A7C15 + ((h << 6) & 0xFFFFFFFFFFFFFFFF) + (h >> 2))
+        h &= 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- schedules
+
+class LRSchedule:
+    """Per-step learning-rate decay of every param group from ``initial_lr`` to ``final_lr``.
+
+    ``cosine``: ``lr(t) = final + (initial - final) * (1 + cos(pi * t / T)) / 2``;
+    ``poly``: ``lr(t) = final + (initial - final) * (1 - t / T) ** power``; ``t`` counts optimizer
+    steps, ``T`` is the total number of steps of the run. An optional linear warm-up multiplies by
+    ``(t + 1) / warmup`` during the first ``warmup`` steps. Each group must carry ``initial_lr``
+    and ``final_lr`` keys.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, *,
+                 kind: str = "cosine", power: float = 0.9, warmup: int = 0) -> None:
+        self.optimizer = optimizer
+        self.total_steps = max(1, int(total_steps))
+        self.kind = kind
+        self.power = power
+        self.warmup = max(0, int(warmup))
+        self.step_count = 0
+        self._apply()
+
+    def factor(self, t: int) -> float:
+        frac = min(1.0, t / self.total_steps)
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * frac))
+        return (1.0 - frac) ** self.power
+
+    def lr_at(self, t: int, initial: float, final: float) -> float:
+        lr = final + (initial - final) * self.factor(t)
+        if self.warmup and t < self.warmup:
+            lr *= (t + 1) / self.warmup
+        return lr
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step_count, group["initial_lr"], group["final_lr"])
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_count": self.step_count, "total_steps": self.total_steps,
+                "kind": self.kind, "power": self.power, "warmup": self.warmup}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.total_steps = int(state["total_steps"])
+        self.kind = str(state["kind"])
+        self.power = float(state["power"])
+        self.warmup = int(state["warmup"])
+        self._apply()
+
+
+# --------------------------------------------------------------------------- AMP
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None (AMP is CUDA-only)."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for fp16 on CUDA (bf16 needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+
+# --------------------------------------------------------------------------- data
+
+class _Shard(Sampler[int]):
+    """Indices ``rank::world`` without padding (evaluation: every sample exactly once)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class EpochLoader:
+    """A training DataLoader whose order and worker seeds are a function of (seed, epoch)."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, ctx: DistContext,
+                 num_workers: int = 0, drop_last: bool = True,
+                 pin_memory: bool = False) -> None:
+        self.seed = seed
+        self.ctx = ctx
+        self.generator = torch.Generator()
+        self.sampler: Sampler[int]
+        if ctx.distributed:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size,
+                                              rank=ctx.rank, shuffle=True, seed=seed,
+                                              drop_last=False)
+        else:
+            self.sampler = RandomSampler(dataset, generator=self.generator)
+        n_local = len(self.sampler)  # type: ignore[arg-type]
+        self.drop_last = drop_last and n_local >= batch_size
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=num_workers, drop_last=self.drop_last,
+                                 pin_memory=pin_memory, generator=self.generator,
+                                 persistent_workers=False)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> DataLoader:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.generator.manual_seed(derive_seed(self.seed, epoch, self.ctx.rank, 1))
+        return self.loader
+
+
+def eval_loader(dataset: Dataset, *, batch_size: int, ctx: DistContext,
+                num_workers: int = 0) -> DataLoader:
+    """In-order loader over this process's shard (no padding, no duplicates)."""
+    sampler = _Shard(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+
+
+# --------------------------------------------------------------------------- logging
+
+class MetricsLog:
+    """``metrics.csv`` (rewritten atomically each epoch) and optional TensorBoard."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False, enabled: bool = True) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except (ImportError, ModuleNotFoundError):
+                from landslide_cli.cli.common import warn
+
+                warn("--tensorboard: the tensorboard package is not installed; logging to "
+                     "metrics.csv only")
+
+    def load(self, upto_epoch: int) -> None:
+        """Keep the rows of epochs ``<= upto_epoch`` from an existing file (resume)."""
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        self.rows = [r for r in rows if int(float(r.get("epoch", 0) or 0)) <= upto_epoch]
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns.extend(k for k in r if k not in columns)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: _fmt(v) for k, v in r.items()})
+        text = buf.getvalue()
+        atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        if self.writer is not None:
+            step = int(row.get("epoch", len(self.rows)))
+            for k, v in row.items():
+                if isinstance(v, int | float) and k != "epoch":
+                    self.writer.add_scalar(k.replace("_", "/", 1), v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+class ProgressDisplay:
+    """Rich progress on stderr: epoch, step, loss terms, img/s, ETA (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int) -> None:
+        self.enabled = enabled
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.progress = None
+        self.task = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            from landslide_cli.cli.common import err
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                console=err, transient=False, refresh_per_second=4)
+            self.progress.start()
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task(f"epoch {epoch}/{self.epochs}", total=self.steps,
+                                               info="")
+
+    def update(self, step: int, info: str) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=step, info=info)
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+# --------------------------------------------------------------------------- task protocol
+
+class TrainTask(ABC):
+    """What a training phase provides to :func:`fit`."""
+
+    #: short loss names shown in the progress line, in order
+    loss_names: tuple[str, ...] = ("loss",)
+    #: name of the validation metric used to pick the best checkpoint (None: no best)
+    best_metric: str | None = None
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    @property
+    @abstractmethod
+    def train_dataset(self) -> Dataset: ...
+
+    @abstractmethod
+    def setup(self, steps_per_epoch: int) -> None:
+        """Create optimizers and schedules (the number of steps per epoch is known now)."""
+
+    @abstractmethod
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns detached scalar loss terms."""
+
+    def batch_size_of(self, batch: dict[str, Any]) -> int:
+        return int(batch["image"].shape[0])
+
+    def set_train(self, mode: bool) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    @abstractmethod
+    def lrs(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (models, optimizers, schedules, scaler)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def save_outputs(self, run_dir: Path, epoch: int, val: dict[str, float],
+                     is_best: bool, history: list[dict[str, Any]]) -> dict[str, Path]:
+        """Write the epoch's model checkpoints (called on rank 0 only)."""
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without frozen parameters (``requires_grad=False``); buffers are kept."""
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    frozen = {n for n, p in module.named_parameters() if not p.requires_grad}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [m for m in missing if m not in frozen]
+    if missing or unexpected:
+        bad = missing[0] if missing else unexpected[0]
+        raise CheckpointError(f"resume state does not match the {what} ({bad})")
+
+
+# --------------------------------------------------------------------------- run directory
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """Check ``--out``/``--resume`` before any work (nothing is created here)."""
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        if not (run_dir / STATE_FILE).is_file():
+            raise LandslideError(f"--resume {run_dir}: no {STATE_FILE} there (the run did not "
+                                 "finish an epoch)")
+        return run_dir
+    if not cfg.out:
+        raise LandslideError("--out RUN_DIR is required")
+    run_dir = Path(cfg.out)
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise LandslideError(f"--out {run_dir} exists and is not a folder")
+        if (run_dir / STATE_FILE).exists() or (run_dir / CONFIG_FILE).exists():
+            raise LandslideError(f"--out {run_dir} already holds a run; continue it with "
+                                 f"--resume {run_dir} or choose another folder")
+    if not run_dir.parent.exists():
+        raise LandslideError(f"--out {run_dir}: parent folder {run_dir.parent} does not exist")
+    return run_dir
+
+
+# --------------------------------------------------------------------------- the loop
+
+def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
+    """Train ``task`` for ``cfg.epochs`` (or until ``cfg.stop_after`` epochs in this call)."""
+    from landslide_cli.cli.common import state as cli_state
+
+    main = ctx.is_main
+    show = main and not (cfg.quiet or cli_state.quiet)
+    loader = EpochLoader(task.train_dataset, batch_size=cfg.batch_size, seed=cfg.seed, ctx=ctx,
+                         num_workers=cfg.num_workers,
+                         pin_memory=ctx.device.type == "cuda")
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise LandslideError("the training split yields no batches")
+    task.setup(steps_per_epoch)
+
+    start_epoch, step, best = 0, 0, None
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=main)
+    if cfg.resume:
+        saved = load_state(run_dir / STATE_FILE)
+        if saved.get("phase") != cfg.phase:
+            raise CheckpointError(f"{run_dir / STATE_FILE}: is a {saved.get('phase')!r} run, "
+                                  f"not {cfg.phase!r}")
+        task.load_state_dict(saved["task"])
+        start_epoch, step, best = int(saved["epoch"]), int(saved["step"]), saved.get("best")
+        rng = saved.get("rng_all") or []
+        if ctx.rank < len(rng):
+            set_rng_state(rng[ctx.rank])
+        log.load(start_epoch)
+        if start_epoch >= cfg.epochs and main:
+            _say(show, f"run {run_dir} already finished {start_epoch} epochs")
+    elif main:
+        run_dir.mkdir(parents=False, exist_ok=True)
+        save_config(cfg, run_dir / CONFIG_FILE)
+    ctx.barrier()
+
+    progress = ProgressDisplay(show, cfg.epochs, steps_per_epoch)
+    outputs: dict[str, Path] = {}
+    ran = 0
+    stopped_early = False
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            seed_everything(derive_seed(cfg.seed, epoch, ctx.rank))
+            task.set_train(True)
+            progress.start_epoch(epoch + 1)
+            sums: dict[str, torch.Tensor] = {}
+            count = torch.zeros((), dtype=torch.float64)
+            seen = 0
+            for i, batch in enumerate(loader.epoch(epoch)):
+                terms = task.train_step(batch)
+                n = task.batch_size_of(batch)
+                seen += n
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64)) \
+                        + v.detach().double().cpu() * n
+                count += n
+                step += 1
+                if show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == steps_per_epoch):
+                    rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+                    info = "  ".join(f"{k} {(sums[k] / count).item():.4g}" for k in sums)
+                    progress.update(i + 1, f"{info}  {rate:.1f} img/s")
+            # epoch means over all processes
+            names = sorted(sums)
+            packed = torch.stack([sums[k] for k in names] + [count]) if names else count[None]
+            packed = ctx.all_reduce_sum(packed.double())
+            means = {k: float(packed[j] / packed[-1]) for j, k in enumerate(names)}
+            train_seconds = time.perf_counter() - t0
+            task.set_train(False)
+            val = task.validate(epoch + 1)
+            seconds = time.perf_counter() - t0
+            is_best = False
+            if task.best_metric is not None and task.best_metric in val:
+                score = val[task.best_metric]
+                if best is None or score > best:
+                    best, is_best = score, True
+            row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
+            row.update({f"train_{k}": v for k, v in means.items()})
+            row.update({f"lr_{k}": v for k, v in task.lrs().items()})
+            row.update({f"val_{k}": v for k, v in val.items()})
+            total_imgs = float(packed[-1])
+            row.update({"img_per_s": total_imgs / max(train_seconds, 1e-9),
+                        "seconds": seconds})
+            rngs = _gather_rng(ctx)
+            if main:
+                log.log(row)
+                outputs = task.save_outputs(run_dir, epoch + 1, val, is_best, log.rows)
+                save_state(run_dir / STATE_FILE, {
+                    "phase": cfg.phase, "epoch": epoch + 1, "step": step, "best": best,
+                    "task": task.state_dict(), "rng_all": rngs,
+                })
+                summary = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
+                vsum = "  ".join(f"{k} {v:.4g}" for k, v in val.items()
+                                 if not k.startswith("region") and "/" not in k)
+                progress.message(f"epoch {epoch + 1}/{cfg.epochs}: {summary}"
+                                 + (f" | val {vsum}" if vsum else "") + f" ({seconds:.1f}s)")
+            ctx.barrier()
+            ran += 1
+            if cfg.stop_after is not None and ran >= cfg.stop_after and epoch + 1 < cfg.epochs:
+                stopped_early = True
+                break
+    finally:
+        progress.close()
+        log.close()
+    if stopped_early:
+        _say(show, f"stopped after {ran} epoch(s); continue with --resume {run_dir}")
+    if main and not outputs:
+        outputs = {p.stem: p for p in (run_dir / "last.safetensors", run_dir / "best.safetensors")
+                   if p.is_file()}
+    return {"run_dir": run_dir, "epochs_done": start_epoch + ran, "finished":
+            start_epoch + ran >= cfg.epochs, "best": best, "outputs": outputs,
+            "history": list(log.rows)}
+
+
+def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
+    mine = rng_state()
+    if not ctx.distributed:
+        return [mine]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def _say(show: bool, text: str) -> None:
+    if show:
+        from landslide_cli.cli.common import err
+
+        err.print(text, highlight=False)
