@@ -1,0 +1,204 @@
+"""PyTorch side of the data layer: :class:`SegmentationDataset` and :class:`Augment`.
+
+Pixels go through exactly the :class:`~landslide_cli.preprocess.InputSpec` of the model:
+``x = (raw / scale - mean) / std``. Augmentations work in the *scaled* space ``raw / scale``
+(roughly [0, 1]) before mean/std, and every geometric operation is applied identically to the
+image and the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from landslide_cli.data.base import TileSet, select_bands
+from landslide_cli.errors import LandslideError
+from landslide_cli.preprocess import InputSpec
+
+#: mask value marking padded pixels while transforms run (replaced before returning)
+_PAD = -1
+
+
+def _uniform(lo: float, hi: float, g: torch.Generator | None) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def _coin(g: torch.Generator | None) -> bool:
+    return bool(torch.rand((), generator=g) < 0.5)
+
+
+@dataclass
+class Augment:
+    """Random training augmentations, identical geometry for image and mask.
+
+    Attributes:
+        rot90: rotate by a random multiple of 90 degrees (the KDA paper's augmentation).
+        flips: random horizontal and vertical flips (the paper's).
+        color_jitter: strength ``s`` in [0, 1): brightness, contrast and (3-band images)
+            saturation factors drawn from ``U(1 - s, 1 + s)``; 0 disables it.
+        scale_jitter: strength ``s`` in [0, 1): rescale image (bilinear) and mask (nearest) by a
+            factor from ``U(1 - s, 1 + s)``; 0 disables it.
+
+    Randomness comes from the ``generator`` passed to each call (``None``: torch's global RNG),
+    so results are reproducible given a seeded :class:`torch.Generator`.
+    """
+
+    rot90: bool = True
+    flips: bool = True
+    color_jitter: float = 0.0
+    scale_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("color_jitter", "scale_jitter"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise LandslideError(f"augment {name} must be in [0, 1), got {value}")
+
+    def rescale(self, image: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale jitter: ``image (C,H,W)`` bilinear, ``mask (H,W)`` nearest, same new size."""
+        if not self.scale_jitter:
+            return image, mask
+        f = _uniform(1 - self.scale_jitter, 1 + self.scale_jitter, generator)
+        h, w = image.shape[-2:]
+        size = (max(1, round(h * f)), max(1, round(w * f)))
+        if size == (h, w):
+            return image, mask
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                              antialias=f < 1)[0]
+        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+        return image, mask.to(torch.int64)
+
+    def spatial(self, image: torch.Tensor, mask: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random rot90 and flips of ``image (C,H,W)`` and ``mask (H,W)``."""
+        if self.rot90:
+            k = int(torch.randint(0, 4, (), generator=generator))
+            if k:
+                image = torch.rot90(image, k, dims=(-2, -1))
+                mask = torch.rot90(mask, k, dims=(-2, -1))
+        if self.flips:
+            if _coin(generator):
+                image, mask = image.flip(-1), mask.flip(-1)
+            if _coin(generator):
+                image, mask = image.flip(-2), mask.flip(-2)
+        return image.contiguous(), mask.contiguous()
+
+    def photometric(self, image: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Colour jitter in the scaled space; values are clipped to ``[0, max(1, max(x))]``."""
+        s = self.color_jitter
+        if not s:
+            return image
+        hi = max(1.0, float(image.max())) if image.numel() else 1.0
+        brightness = _uniform(1 - s, 1 + s, generator)
+        contrast = _uniform(1 - s, 1 + s, generator)
+        saturation = _uniform(1 - s, 1 + s, generator)
+        image = image * brightness
+        mean = image.mean(dim=(-2, -1), keepdim=True)
+        image = (image - mean) * contrast + mean
+        if image.shape[0] == 3:
+            gray = image.mean(dim=0, keepdim=True)
+            image = (image - gray) * saturation + gray
+        return image.clamp(0.0, hi)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All enabled augmentations: rescale, rot90/flips, colour jitter."""
+        image, mask = self.rescale(image, mask, generator)
+        image, mask = self.spatial(image, mask, generator)
+        return self.photometric(image, generator), mask
+
+
+def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: int, *, fill: torch.Tensor,
+                random: bool, generator: torch.Generator | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop/pad ``image (C,H,W)`` and ``mask (H,W)`` to ``size x size``.
+
+    ``random``: random offsets (training) else centred. Padding fills the image with ``fill``
+    (per-band, shape (C,1,1)) and the mask with -1 (marks invalid pixels).
+    """
+    c, h, w = image.shape
+    out_img = fill.to(image.dtype).expand(c, size, size).clone()
+    out_mask = torch.full((size, size), _PAD, dtype=torch.int64)
+
+    def offsets(n: int) -> tuple[int, int]:
+        # (source start, destination start) along one axis
+        slack = abs(n - size)
+        off = int(torch.randint(0, slack + 1, (), generator=generator)) if random else slack // 2
+        return (off, 0) if n >= size else (0, off)
+
+    (sy, dy), (sx, dx) = offsets(h), offsets(w)
+    ch, cw = min(h, size), min(w, size)
+    out_img[:, dy:dy + ch, dx:dx + cw] = image[:, sy:sy + ch, sx:sx + cw]
+    out_mask[dy:dy + ch, dx:dx + cw] = mask[sy:sy + ch, sx:sx + cw]
+    return out_img, out_mask
+
+
+class SegmentationDataset(Dataset):
+    """A torch Dataset over a :class:`TileSet`, normalized with the model's :class:`InputSpec`.
+
+    Items are ``dict(image=float32 (C,S,S), mask=int64 (S,S), valid=bool (S,S), region=str,
+    name=str, index=int)``. ``size=None`` keeps each tile's native size (evaluation);
+    ``size=S`` random-crops (training, with ``augment``; pads if smaller) or centre-crops/pads
+    (without). Padded pixels have image value 0 (the band mean after normalization), mask
+    ``pad_label`` (default 0 = background) and ``valid=False``.
+
+    ``seed``: with an int, augmentation and crops are deterministic per ``(seed, epoch,
+    index)`` (call :meth:`set_epoch` each epoch); ``None`` uses torch's global RNG (which
+    DataLoader seeds per worker).
+    """
+
+    def __init__(self, tiles: TileSet, spec: InputSpec, augment: Augment | None = None,
+                 size: int | None = None, *, seed: int | None = None,
+                 pad_label: int = 0) -> None:
+        if size is not None and size < 1:
+            raise LandslideError(f"tile size must be positive, got {size}")
+        self.tiles = tiles
+        self.spec = spec
+        self.augment = augment
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.pad_label = pad_label
+        self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def generator(self, index: int) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        mixed = ((self.seed * 1_000_003 + self.epoch) * 1_000_033 + index) % (2**63 - 1)
+        return torch.Generator().manual_seed(mixed)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.tiles[index]
+        raw, raw_mask = self.tiles.read(index)
+        raw = select_bands(raw, self.spec, source=str(sample.image_path))
+        image = torch.from_numpy(raw.astype(np.float32, copy=False) / np.float32(self.spec.scale))
+        mask = torch.from_numpy(raw_mask.astype(np.int64))
+        g = self.generator(index)
+        if self.augment is not None:
+            image, mask = self.augment.rescale(image, mask, g)
+        if self.size is not None:
+            image, mask = crop_or_pad(image, mask, self.size, fill=self._mean,
+                                      random=self.augment is not None, generator=g)
+        if self.augment is not None:
+            image, mask = self.augment.spatial(image, mask, g)
+            image = self.augment.photometric(image, g)
+        valid = mask != _PAD
+        if not bool(valid.all()):
+            mask = torch.where(valid, mask, torch.tensor(self.pad_label, dtype=torch.int64))
+        image = ((image - self._mean) / self._std).to(torch.float32).contiguous()
+        return {"image": image, "mask": mask.contiguous(), "valid": valid,
+                "region": sample.region, "name": sample.name, "index": index}
