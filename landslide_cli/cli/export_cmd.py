@@ -1,12 +1,75 @@
-"""`landslide export` (not built yet)."""
+"""`landslide export`: a checkpoint -> a self-describing ONNX file, checked for parity."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.table import Table
 
-from landslide_cli.cli.stubs import not_built
+from landslide_cli.cli import common
 
 
-def command(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built("export")
+def command(
+    model: str | None = typer.Argument(
+        None, show_default=False,
+        help="Checkpoint (.safetensors) path or shipped model name; omitted: the default model."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .onnx file to write.",
+                             show_default=False),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and compute (inputs and "
+                              "outputs stay float32)."),
+    tile: int | None = typer.Option(None, "--tile", min=32, show_default=False,
+                                    help="Tile size baked into the graph [default: the "
+                                         "checkpoint's tile]."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
+                                       help="Dynamic batch axis, or batch fixed to 1."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    parity: bool = typer.Option(True, "--parity/--no-parity",
+                                help="Compare ONNX Runtime with PyTorch before writing."),
+    parity_data: Path | None = typer.Option(
+        None, "--parity-data", show_default=False,
+        help="Image or folder of real tiles for the parity check [default: "
+             "../shared/data/landslides when present]."),
+    exporter: str = typer.Option("torchscript", "--exporter",
+                                 help="torch.onnx exporter: torchscript or dynamo."),
+    device: str = typer.Option("cpu", "--device", help="Device for tracing and the PyTorch "
+                               "reference: cpu, cuda, cuda:N, auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Export a segmentation model to ONNX (probabilities, fixed tile, metadata embedded)."""
+    from landslide_cli.export import export_onnx
+
+    report = export_onnx(
+        model, out, opset=opset, fp16=fp16, tile=tile, dynamic_batch=dynamic_batch,
+        check_parity=parity, device=device, overwrite=overwrite, exporter=exporter,
+        parity_data=parity_data, progress=common.info,
+    )
+    if as_json:
+        common.print_json(report.to_dict())
+        return
+    table = Table(title=f"exported {report.model_name}", title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("path", str(report.path))
+    table.add_row("size", f"{report.size_bytes / 1e6:.2f} MB ({report.size_bytes:,} bytes)")
+    table.add_row("opset", f"{report.opset} ({report.exporter} exporter)")
+    table.add_row("input", f"image (N, {len(report.bands)}, {report.tile}, {report.tile}) "
+                           f"float32, batch {'dynamic' if report.dynamic_batch else 1}")
+    table.add_row("output", f"probability (N, {report.tile}, {report.tile}) float32")
+    table.add_row("precision", report.precision)
+    if report.parity is None:
+        table.add_row("parity", "not checked (--no-parity)")
+    else:
+        p = report.parity
+        table.add_row("parity random", f"max |Δp| = {p.random_max_diff:.2e} "
+                                       f"(≤ {p.tolerance:g}) on {p.provider}")
+        if p.real_max_diff is None:
+            table.add_row("parity real", f"n/a: {p.real_note}")
+        else:
+            table.add_row("parity real", f"max |Δp| = {p.real_max_diff:.2e} "
+                                         f"(≤ {p.tolerance:g}) on {len(p.real_sources)} tile(s)")
+    table.add_row("source", f"{report.source_path} (sha256 {report.source_sha256[:12]}…)")
+    table.add_row("onnx sha256", report.onnx_sha256)
+    table.add_row("time", f"{report.seconds:.1f} s")
+    common.out.print(table)
