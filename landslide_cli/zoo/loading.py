@@ -72,7 +72,23 @@ def segmenter_from_checkpoint(meta: CheckpointMeta, state: dict[str, torch.Tenso
         model = build_segmenter(meta.arch)
     except LandslideError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{source}: invalid architecture {meta.architecture} ({first})"
+                              ) from None
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: weights do not match {meta.arch.spec}: {key} has shape "
+                f"{tuple(tensor.shape)}, expected {tuple(expected[key].shape)}"
+            )
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{source}: weights do not match {meta.arch.spec} ({first})"
+                              ) from None
     if missing or unexpected:
         what = (f"{len(missing)} missing (e.g. {missing[0]})" if missing
                 else f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")

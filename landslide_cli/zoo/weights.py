@@ -83,8 +83,9 @@ def create_timm(model_name: str, *, pretrained: bool = False, weights: str | Pat
         return timm.create_model(model_name, **wkw, **kwargs)
     except WeightsUnavailable:
         raise
-    except (OSError, RuntimeError) as exc:
-        if not wkw.get("pretrained"):
+    except Exception as exc:  # safetensors/pickle/IO errors have no common base class
+        # TypeError/AssertionError: bad model options, not a weights problem
+        if not wkw.get("pretrained") or isinstance(exc, (TypeError, AssertionError)):
             raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         where = weights if weights is not None else hub_source(model_name)
