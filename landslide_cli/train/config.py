@@ -56,6 +56,8 @@ class TrainConfig:
     dataset: str = "folder"
     split_file: str | None = None
     split_mode: str | None = None
+    #: seed of the train/val/test split (kept apart from ``seed`` so runs share one split)
+    split_seed: int = 0
     train_split: str = "train"
     val_split: str = "val"
     regions: list[str] | None = None
@@ -145,6 +147,11 @@ class DistillConfig(TrainConfig):
     d_lr_final: float = 5e-9
     d_levels: int = 4
     d_head_width: int = 128
+    #: discriminator ViT (a DINOv2 name; None: the teacher's own network, shared) and weights
+    discriminator: str | None = None
+    discriminator_weights: str | None = None
+    #: initial learning rate of the adaptive weights' log-variances (decays like the student's)
+    weighting_lr: float = 1e-3
 
     phase: typing.ClassVar[str] = "distill"
 
@@ -181,7 +188,7 @@ class SegmentConfig(TrainConfig):
     val_size: int | None = None
     val_batch_size: int = 1
     #: bins of the validation probability histogram used to pick the best-F1 threshold
-    threshold_bins: int = 200
+    threshold_bins: int = 1000
     #: InputSpec overrides (bands, scale, mean, std, ...); None: the data set's default
     input: dict[str, Any] | None = None
     #: model name written into the checkpoint metadata (default: the run folder's name)

@@ -40,6 +40,8 @@ from landslide_cli.train.state import load_state, rng_state, save_state, set_rng
 STATE_FILE = "state.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
+#: validation metrics shown in the one-line epoch summary
+SUMMARY_VAL_KEYS = ("iou", "f1", "miou", "threshold")
 
 
 # --------------------------------------------------------------------------- seeding
@@ -157,6 +159,7 @@ class EpochLoader:
                  pin_memory: bool = False) -> None:
         self.seed = seed
         self.ctx = ctx
+        self.dataset = dataset
         self.generator = torch.Generator()
         self.sampler: Sampler[int]
         if ctx.distributed:
@@ -178,6 +181,8 @@ class EpochLoader:
         return len(self.loader)
 
     def epoch(self, epoch: int) -> DataLoader:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)  # per-(seed, epoch, index) augmentation
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         self.generator.manual_seed(derive_seed(self.seed, epoch, self.ctx.rank, 1))
@@ -253,15 +258,27 @@ def _fmt(v: Any) -> Any:
 
 
 class ProgressDisplay:
-    """Rich progress on stderr: epoch, step, loss terms, img/s, ETA (a no-op when disabled)."""
+    """Progress on stderr: epoch, step, loss terms, img/s and ETA.
+
+    On a terminal a transient rich progress bar per epoch; otherwise (log files, batch jobs)
+    plain lines, at most about five per epoch. Disabled entirely with ``--quiet`` and on
+    ranks other than 0.
+    """
 
     def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int) -> None:
+        from landslide_cli.cli.common import err
+
         self.enabled = enabled
         self.epochs = epochs
         self.steps = steps_per_epoch
-        self.progress = None
-        self.task = None
-        if enabled:
+        self.console = err
+        self.live = enabled and err.is_terminal
+        self.plain_every = max(1, math.ceil(steps_per_epoch / 5))
+        self.progress: Any = None
+        self.task: Any = None
+        self.epoch = 0
+        self.next_plain = self.plain_every
+        if self.live:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -271,32 +288,43 @@ class ProgressDisplay:
                 TimeRemainingColumn,
             )
 
-            from landslide_cli.cli.common import err
-
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
                 MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=err, transient=False, refresh_per_second=4)
+                console=err, transient=True, refresh_per_second=4)
             self.progress.start()
 
     def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.next_plain = self.plain_every
         if self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
             self.task = self.progress.add_task(f"epoch {epoch}/{self.epochs}", total=self.steps,
                                                info="")
 
     def update(self, step: int, info: str) -> None:
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=step, info=info)
+        elif self.enabled and (step >= self.next_plain or step == self.steps):
+            self.next_plain = (step // self.plain_every + 1) * self.plain_every
+            self.console.print(f"epoch {self.epoch}/{self.epochs} step {step}/{self.steps}  "
+                               f"{info}", highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False)
+        if self.enabled:
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def _hms(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 # --------------------------------------------------------------------------- task protocol
@@ -429,6 +457,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
     outputs: dict[str, Path] = {}
     ran = 0
     stopped_early = False
+    run_t0 = time.perf_counter()
+    done_steps = 0
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -438,6 +468,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             sums: dict[str, torch.Tensor] = {}
             count = torch.zeros((), dtype=torch.float64)
             seen = 0
+            last_logged = 0
             for i, batch in enumerate(loader.epoch(epoch)):
                 terms = task.train_step(batch)
                 n = task.batch_size_of(batch)
@@ -448,9 +479,14 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
                 count += n
                 step += 1
                 if show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == steps_per_epoch):
-                    rate = seen * ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+                    now = time.perf_counter()
+                    rate = seen * ctx.world_size / max(now - t0, 1e-9)
+                    done_steps += (i + 1) - last_logged
+                    last_logged = i + 1
+                    left = (cfg.epochs - epoch) * steps_per_epoch - (i + 1)
+                    eta = (now - run_t0) / max(done_steps, 1) * left
                     info = "  ".join(f"{k} {(sums[k] / count).item():.4g}" for k in sums)
-                    progress.update(i + 1, f"{info}  {rate:.1f} img/s")
+                    progress.update(i + 1, f"{info}  {rate:.1f} img/s  run eta {_hms(eta)}")
             # epoch means over all processes
             names = sorted(sums)
             packed = torch.stack([sums[k] for k in names] + [count]) if names else count[None]
@@ -481,8 +517,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
                     "task": task.state_dict(), "rng_all": rngs,
                 })
                 summary = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
-                vsum = "  ".join(f"{k} {v:.4g}" for k, v in val.items()
-                                 if not k.startswith("region") and "/" not in k)
+                vsum = "  ".join(f"{k} {val[k]:.4g}" for k in SUMMARY_VAL_KEYS if k in val)
                 progress.message(f"epoch {epoch + 1}/{cfg.epochs}: {summary}"
                                  + (f" | val {vsum}" if vsum else "") + f" ({seconds:.1f}s)")
             ctx.barrier()

@@ -1,0 +1,128 @@
+"""Pieces both phases share: data sets, input spec, optimizers, DDP wrapping, run metadata."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from landslide_cli import __version__
+from landslide_cli.errors import DataError, LandslideError
+from landslide_cli.preprocess import InputSpec
+from landslide_cli.train.config import TrainConfig
+from landslide_cli.train.distributed import DistContext
+
+
+def open_split(cfg: TrainConfig, split: str, *, what: str = "training") -> Any:
+    """Open one split of the configured data set; missing root / empty split are one-liners."""
+    if not cfg.data:
+        raise LandslideError("--data ROOT is required (the data set folder)")
+    root = Path(cfg.data).expanduser()
+    if not root.exists():
+        raise DataError(f"data root not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"data root is not a folder: {root}")
+    if cfg.split_file is not None and not Path(cfg.split_file).is_file():
+        raise DataError(f"split file not found: {cfg.split_file}")
+    from landslide_cli.data import open_dataset
+
+    kwargs: dict[str, Any] = {"split": split, "split_file": cfg.split_file,
+                              "seed": cfg.split_seed, "regions": cfg.regions}
+    if cfg.split_mode is not None:
+        kwargs["split_mode"] = cfg.split_mode
+    tiles = open_dataset(cfg.dataset, root, **kwargs)
+    if len(tiles) == 0:
+        regions = f" (regions {', '.join(cfg.regions)})" if cfg.regions else ""
+        raise DataError(f"{cfg.dataset} data set {root}: the {split!r} split used for "
+                        f"{what} is empty{regions}")
+    return tiles
+
+
+def input_spec_for(tiles: Any, cfg: TrainConfig, overrides: dict[str, Any] | None = None
+                   ) -> InputSpec:
+    """The data set's suggested InputSpec, with ``overrides`` and ``tile = cfg.size``."""
+    hint: InputSpec = tiles.input_spec_hint
+    data = hint.to_dict()
+    data.update(overrides or {})
+    if "tile" not in (overrides or {}):
+        data["tile"] = cfg.size
+    return InputSpec.from_dict(data)
+
+
+def make_augment(cfg: TrainConfig) -> Any:
+    from landslide_cli.data import Augment
+
+    return Augment(rot90=cfg.rot90, flips=cfg.flips, color_jitter=cfg.color_jitter,
+                   scale_jitter=cfg.scale_jitter)
+
+
+def train_dataset(tiles: Any, spec: InputSpec, cfg: TrainConfig) -> Any:
+    from landslide_cli.data import SegmentationDataset
+
+    return SegmentationDataset(tiles, spec, augment=make_augment(cfg), size=cfg.size,
+                               seed=cfg.seed)
+
+
+def adamw(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over ``groups``; each group carries ``initial_lr``/``final_lr`` for the schedule."""
+    for g in groups:
+        g.setdefault("weight_decay", cfg.weight_decay)
+        g["lr"] = g["initial_lr"]
+    return torch.optim.AdamW(groups)
+
+
+def wrap_ddp(module: nn.Module, ctx: DistContext, *, sync_bn: bool = False) -> nn.Module:
+    """DistributedDataParallel around ``module`` when running under torchrun."""
+    if not ctx.distributed:
+        return module
+    if sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DDP(module, device_ids=ids, output_device=ids[0] if ids else None,
+               broadcast_buffers=True)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return getattr(module, "module", module)
+
+
+def clip(params: list[nn.Parameter], max_norm: float | None) -> None:
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def environment(ctx: DistContext) -> dict[str, Any]:
+    """Where a model was trained (recorded in checkpoint metadata)."""
+    dev = ctx.device
+    info: dict[str, Any] = {"device": str(dev), "world_size": ctx.world_size,
+                            "torch": torch.__version__, "python": platform.python_version(),
+                            "landslide": __version__}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def dataset_info(tiles: Any) -> dict[str, Any]:
+    try:
+        return dict(tiles.info())
+    except Exception:  # older TileSet without info()
+        return {"tiles": len(tiles), "regions": list(getattr(tiles, "regions", []))}
+
+
+def warn(message: str, ctx: DistContext | None = None) -> None:
+    if ctx is None or ctx.is_main:
+        from landslide_cli.cli.common import warn as _warn
+
+        _warn(message)
+
+
+def info(message: str, ctx: DistContext | None = None) -> None:
+    if ctx is None or ctx.is_main:
+        from landslide_cli.cli.common import info as _info
+
+        _info(message)

@@ -1,0 +1,416 @@
+"""Phase 1: knowledge distillation with an adversarial discriminator (KDA).
+
+A frozen teacher (DINOv2 by default) and a trainable PVTv2 student see the same augmented batch
+(each normalised its own way). The student's deepest stage goes through a 1x1 "neck" to the
+teacher's width and is resized (bilinear) to the teacher's token grid; the maps ``O_S`` and
+``O_T`` are aligned with a temperature-softened KL divergence over channels. With
+``method="kda"`` a discriminator (frozen ViT + trainable head) learns to tell ``O_T`` from
+``O_S`` (least-squares GAN) and the student is also trained to be scored teacher-like.
+Equations and the exact step order: docs/training.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from landslide_cli.checkpoint import CheckpointMeta, save_checkpoint
+from landslide_cli.errors import LandslideError
+from landslide_cli.preprocess import InputSpec
+from landslide_cli.train import common
+from landslide_cli.train.config import DistillConfig
+from landslide_cli.train.distributed import DistContext, setup
+from landslide_cli.train.engine import (
+    LRSchedule,
+    TrainTask,
+    amp_dtype,
+    autocast,
+    fit,
+    load_trainable_state,
+    make_scaler,
+    prepare_run_dir,
+    seed_everything,
+    trainable_state,
+)
+from landslide_cli.train.losses import (
+    FixedWeighting,
+    UncertaintyWeighting,
+    adversarial_loss,
+    discriminator_loss,
+    kd_kl_loss,
+)
+from landslide_cli.train.result import TrainResult
+
+_RGB_NAMES = (("red", "r", "b4", "b04"), ("green", "g", "b3", "b03"), ("blue", "b", "b2", "b02"))
+
+
+class DistillStudent(nn.Module):
+    """Student backbone plus 1x1 necks projecting stages to the teacher's width.
+
+    ``forward(x, grids)`` returns the neck outputs resized (bilinear) to ``grids``: the deepest
+    stage last, preceded by stage ``mid_stage`` when intermediate alignment is on.
+    """
+
+    def __init__(self, backbone: nn.Module, teacher_dim: int, *, mid_stage: int | None = None,
+                 mid_dim: int | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        widths = list(backbone.widths)
+        self.neck = nn.Conv2d(widths[-1], teacher_dim, 1)
+        self.mid_stage = mid_stage
+        self.mid_neck = (nn.Conv2d(widths[mid_stage], int(mid_dim or teacher_dim), 1)
+                         if mid_stage is not None else None)
+
+    def forward(self, x: torch.Tensor, grids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        feats = self.backbone(x)
+        outs = []
+        if self.mid_neck is not None:
+            outs.append(_resize(self.mid_neck(feats[self.mid_stage]), grids[0]))
+        outs.append(_resize(self.neck(feats[-1]), grids[-1]))
+        return outs
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class TeacherInput(nn.Module):
+    """Re-normalise a student batch for the teacher.
+
+    The student sees ``x_s = (raw/scale - mean_s) / std_s`` (its InputSpec); the teacher wants
+    ``x_t = (raw/scale - mean_t) / std_t`` on RGB. Hence ``x_t = x_s[rgb] * std_s/std_t +
+    (mean_s - mean_t)/std_t``, an exact per-band affine map. The RGB bands are found by name
+    (red/green/blue, B4/B3/B2), else the first three bands; a single band is repeated.
+    Optionally the batch is resized (bilinear) to ``size`` or, by default, up to the next
+    multiple of the teacher's patch size.
+    """
+
+    def __init__(self, spec: InputSpec, mean: Sequence[float], std: Sequence[float],
+                 patch: int, size: int | None = None) -> None:
+        super().__init__()
+        idx = rgb_indices(spec.bands)
+        s_mean = torch.tensor([spec.mean[i] for i in idx], dtype=torch.float32)
+        s_std = torch.tensor([spec.std[i] for i in idx], dtype=torch.float32)
+        t_mean = torch.tensor(list(mean)[:3], dtype=torch.float32)
+        t_std = torch.tensor(list(std)[:3], dtype=torch.float32)
+        self.idx = idx
+        self.register_buffer("a", (s_std / t_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("b", ((s_mean - t_mean) / t_std).view(1, 3, 1, 1),
+                             persistent=False)
+        self.patch = int(patch)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, self.idx] * self.a + self.b
+        h, w = x.shape[-2:]
+        if self.size:
+            target = (self.size, self.size)
+        else:
+            target = (-(-h // self.patch) * self.patch, -(-w // self.patch) * self.patch)
+        return _resize(x, target)
+
+
+def rgb_indices(bands: Sequence[str]) -> list[int]:
+    names = [b.strip().lower() for b in bands]
+    found = []
+    for aliases in _RGB_NAMES:
+        hit = next((i for i, n in enumerate(names) if n in aliases), None)
+        found.append(hit)
+    if all(i is not None for i in found):
+        return [int(i) for i in found]  # type: ignore[arg-type]
+    if len(names) >= 3:
+        return [0, 1, 2]
+    return [0, 0, 0]
+
+
+class DistillTask(TrainTask):
+    """KD / KDA step logic for :func:`~landslide_cli.train.engine.fit`."""
+
+    def __init__(self, cfg: DistillConfig, ctx: DistContext, *, dataset: Dataset,
+                 spec: InputSpec, tiles: Any, teacher: nn.Module, student: DistillStudent,
+                 disc: nn.Module | None, levels: list[int]) -> None:
+        super().__init__(cfg, ctx)
+        self.cfg: DistillConfig = cfg
+        dev = ctx.device
+        self._dataset = dataset
+        self.spec = spec
+        self.tiles = tiles
+        self.teacher = teacher.to(dev).eval()
+        self.levels = levels
+        self.adapter = TeacherInput(spec, teacher.mean, teacher.std, teacher.patch_size,
+                                    cfg.teacher_size).to(dev)
+        self.student_module = student.to(dev)
+        self.student = common.wrap_ddp(self.student_module, ctx)
+        self.kda = cfg.method == "kda"
+        self.disc_module = disc.to(dev) if disc is not None else None
+        self.disc = common.wrap_ddp(self.disc_module, ctx) if self.disc_module is not None \
+            else None
+        names = ["kl"] + (["kl_mid"] if student.mid_neck is not None else []) \
+            + (["adv"] if self.kda else [])
+        kl_w = cfg.kl_weight if self.kda else 1.0
+        init = {"kl": kl_w, "kl_mid": kl_w, "adv": cfg.adv_weight}
+        self.weighting: nn.Module
+        if cfg.loss_weighting == "adaptive":
+            self.weighting = UncertaintyWeighting(names, init).to(dev)
+        else:
+            self.weighting = FixedWeighting({n: init[n] for n in names})
+        self.term_names = names
+        self.loss_names = (*names, "loss", *(("d",) if self.kda else ()))
+        self.dtype = amp_dtype(cfg, dev)
+        self.scaler = make_scaler(dev, self.dtype)
+        self.history_losses: dict[str, float] = {}
+
+    @property
+    def train_dataset(self) -> Dataset:
+        return self._dataset
+
+    def setup(self, steps_per_epoch: int) -> None:
+        cfg = self.cfg
+        total = steps_per_epoch * cfg.epochs
+        groups: list[dict[str, Any]] = [{
+            "params": [p for p in self.student_module.parameters() if p.requires_grad],
+            "initial_lr": cfg.lr, "final_lr": cfg.lr_final, "name": "student"}]
+        if isinstance(self.weighting, UncertaintyWeighting):
+            ratio = cfg.lr_final / cfg.lr if cfg.lr else 1.0
+            groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0,
+                           "initial_lr": cfg.weighting_lr,
+                           "final_lr": cfg.weighting_lr * ratio, "name": "weighting"})
+        self.opt_s = common.adamw(groups, cfg)
+        self.sched_s = LRSchedule(self.opt_s, total, kind=cfg.schedule, power=cfg.poly_power,
+                                  warmup=cfg.warmup_steps)
+        self.opt_d = self.sched_d = None
+        if self.disc_module is not None:
+            params = [p for p in self.disc_module.parameters() if p.requires_grad]
+            self.opt_d = common.adamw([{"params": params, "initial_lr": cfg.d_lr,
+                                        "final_lr": cfg.d_lr_final, "name": "disc"}], cfg)
+            self.sched_d = LRSchedule(self.opt_d, total, kind=cfg.schedule,
+                                      power=cfg.poly_power, warmup=cfg.warmup_steps)
+
+    def set_train(self, mode: bool) -> None:
+        self.student.train(mode)
+        if self.disc is not None:
+            self.disc.train(mode)
+        self.teacher.eval()
+
+    def teacher_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad(), autocast(self.ctx.device, self.dtype):
+            maps = self.teacher.forward_levels(self.adapter(x), self.levels)
+        return [m.float() for m in maps]
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg, dev = self.cfg, self.ctx.device
+        x = batch["image"].to(dev, non_blocking=True)
+        t_maps = self.teacher_maps(x)
+        with autocast(dev, self.dtype):
+            s_maps = self.student(x, [m.shape[-2:] for m in t_maps])
+        s_maps = [m.float() for m in s_maps]
+        out: dict[str, torch.Tensor] = {}
+
+        if self.kda:  # 1) discriminator step: teacher -> 1, (detached) student -> 0
+            assert self.disc is not None and self.opt_d is not None
+            self.opt_d.zero_grad(set_to_none=True)
+            with autocast(dev, self.dtype):
+                scores = self.disc(torch.cat([t_maps[-1], s_maps[-1].detach()], dim=0))
+            d_t, d_s = scores.float().split([x.shape[0], x.shape[0]], dim=0)
+            loss_d = discriminator_loss(d_t, d_s)
+            self.scaler.scale(loss_d).backward()
+            self._clip(self.opt_d)
+            self.scaler.step(self.opt_d)
+            out["d"] = loss_d.detach()
+
+        # 2) student step: KL (+ intermediate KL) (+ adversarial, D(O_S) -> 1)
+        self.opt_s.zero_grad(set_to_none=True)
+        terms = {"kl": kd_kl_loss(s_maps[-1], t_maps[-1], cfg.tau)}
+        if len(s_maps) > 1:
+            terms["kl_mid"] = kd_kl_loss(s_maps[0], t_maps[0], cfg.tau)
+        if self.kda:
+            with autocast(dev, self.dtype):
+                score_s = self.disc(s_maps[-1])  # type: ignore[misc]
+            terms["adv"] = adversarial_loss(score_s)
+        loss = self.weighting(terms)
+        self.scaler.scale(loss).backward()
+        if self.ctx.distributed and isinstance(self.weighting, UncertaintyWeighting):
+            for p in self.weighting.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(self.ctx.all_reduce_mean(p.grad))
+        self._clip(self.opt_s)
+        self.scaler.step(self.opt_s)
+        self.scaler.update()
+        self.sched_s.step()
+        if self.sched_d is not None:
+            self.sched_d.step()
+        out.update({k: v.detach() for k, v in terms.items()})
+        out["loss"] = loss.detach()
+        return out
+
+    def _clip(self, opt: torch.optim.Optimizer) -> None:
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(opt)
+            params = [p for g in opt.param_groups for p in g["params"]]
+            common.clip(params, self.cfg.grad_clip)
+
+    def lrs(self) -> dict[str, float]:
+        out = {"student": self.opt_s.param_groups[0]["lr"]}
+        if self.opt_d is not None:
+            out["disc"] = self.opt_d.param_groups[0]["lr"]
+        if isinstance(self.weighting, UncertaintyWeighting):
+            out.update({f"w_{k}": v for k, v in self.weighting.current().items()})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "student": self.student_module.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "opt_s": self.opt_s.state_dict(), "sched_s": self.sched_s.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.disc_module is not None:
+            state["disc"] = trainable_state(self.disc_module)
+            state["opt_d"] = self.opt_d.state_dict()  # type: ignore[union-attr]
+            state["sched_d"] = self.sched_d.state_dict()  # type: ignore[union-attr]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student_module.load_state_dict(state["student"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.opt_s.load_state_dict(state["opt_s"])
+        self.sched_s.load_state_dict(state["sched_s"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.disc_module is not None:
+            load_trainable_state(self.disc_module, state["disc"], "discriminator")
+            self.opt_d.load_state_dict(state["opt_d"])  # type: ignore[union-attr]
+            self.sched_d.load_state_dict(state["sched_d"])  # type: ignore[union-attr]
+
+    def save_outputs(self, run_dir: Path, epoch: int, val: dict[str, float], is_best: bool,
+                     history: list[dict[str, Any]]) -> dict[str, Path]:
+        cfg = self.cfg
+        last = history[-1] if history else {}
+        losses = {k[len("train_"):]: float(v) for k, v in last.items()
+                  if k.startswith("train_")}
+        backbone = self.student_module.backbone
+        meta = CheckpointMeta(
+            kind="backbone",
+            name=Path(run_dir).name,
+            architecture={"backbone": cfg.backbone, "in_chans": self.spec.num_bands},
+            input=self.spec.to_dict(),
+            training={
+                "phase": "distill",
+                "teacher": cfg.teacher,
+                "teacher_init": cfg.teacher_init,
+                "teacher_weights": Path(cfg.teacher_weights).name if cfg.teacher_weights
+                else None,
+                "method": cfg.method,
+                "loss_weighting": cfg.loss_weighting,
+                "loss_weights": {k: float(v) for k, v in self.weighting.current().items()},
+                "align": cfg.align,
+                "tau": cfg.tau,
+                "epochs": cfg.epochs,
+                "epochs_done": epoch,
+                "batch_size": cfg.batch_size,
+                "size": cfg.size,
+                "lr": [cfg.lr, cfg.lr_final],
+                "d_lr": [cfg.d_lr, cfg.d_lr_final],
+                "schedule": cfg.schedule,
+                "seed": cfg.seed,
+                "losses": losses,
+                "dataset": common.dataset_info(self.tiles),
+                "environment": common.environment(self.ctx),
+            },
+            metrics={"train": losses},
+        )
+        path = save_checkpoint(run_dir / "last.safetensors", backbone.state_dict(), meta)
+        return {"last": path}
+
+
+def teacher_levels(teacher: nn.Module, cfg: DistillConfig) -> list[int]:
+    """Teacher levels to read: ``[mid, last]`` for intermediate alignment, else ``[last]``."""
+    last = int(teacher.num_levels) - 1
+    if cfg.align != "intermediate":
+        return [last]
+    mid = cfg.mid_level if cfg.mid_level is not None else max(0, teacher.num_levels // 2 - 1)
+    if mid < 0:
+        mid += teacher.num_levels
+    if not 0 <= mid < last:
+        raise LandslideError(f"--mid-level {cfg.mid_level}: the teacher has levels 0..{last}; "
+                             "choose one before the last")
+    return [mid, last]
+
+
+def build_distill_task(cfg: DistillConfig, ctx: DistContext) -> DistillTask:
+    """Validate the data and build teacher, discriminator and student (no files written)."""
+    import landslide_cli.zoo  # noqa: F401 - registration
+    from landslide_cli.zoo.registries import BACKBONES, TEACHERS
+
+    teacher_name = TEACHERS.resolve(cfg.teacher)
+    backbone_name = BACKBONES.resolve(cfg.backbone)
+    if cfg.teacher_init == "random":
+        if cfg.teacher_weights:
+            raise LandslideError("--teacher-random cannot be combined with --teacher-weights")
+        common.warn(f"distilling from a RANDOMLY initialised {teacher_name} teacher "
+                    "(--teacher-random): only meaningful for tests and ablations", ctx)
+    tiles = common.open_split(cfg, cfg.train_split, what="distillation")
+    spec = common.input_spec_for(tiles, cfg)
+    dataset = common.train_dataset(tiles, spec, cfg)
+
+    seed_everything(cfg.seed)
+    pretrained = cfg.teacher_init == "pretrained"
+    teacher = TEACHERS.build(teacher_name, pretrained=pretrained, weights=cfg.teacher_weights,
+                             img_size=cfg.teacher_size, **cfg.teacher_args)
+    levels = teacher_levels(teacher, cfg)
+    dims = teacher.level_dims(levels)
+    disc = build_disc(cfg, teacher, teacher_name) if cfg.method == "kda" else None
+    backbone = BACKBONES.build(backbone_name, in_chans=spec.num_bands,
+                               pretrained=cfg.student_pretrained, weights=cfg.student_weights)
+    mid = cfg.mid_stage if cfg.align == "intermediate" else None
+    student = DistillStudent(backbone, dims[-1], mid_stage=mid,
+                             mid_dim=dims[0] if mid is not None else None)
+    return DistillTask(cfg, ctx, dataset=dataset, spec=spec, tiles=tiles, teacher=teacher,
+                       student=student, disc=disc, levels=levels)
+
+
+def build_disc(cfg: DistillConfig, teacher: nn.Module, teacher_name: str) -> nn.Module:
+    """The KDA discriminator; shares the frozen teacher ViT when it is the same network."""
+    from landslide_cli.zoo.discriminator import Discriminator, build_discriminator
+    from landslide_cli.zoo.registries import TEACHERS
+    from landslide_cli.zoo.teachers import ViTTeacher
+
+    name = TEACHERS.resolve(cfg.discriminator) if cfg.discriminator else teacher_name
+    same = name == teacher_name and not cfg.discriminator_weights
+    if same and isinstance(teacher, ViTTeacher):
+        return Discriminator(teacher, teacher.embed_dim, levels=cfg.d_levels,
+                             head_width=cfg.d_head_width)
+    if not cfg.discriminator and TEACHERS.entry(name).info.get("family") != "dinov2":
+        raise LandslideError(f"--method kda with teacher {name} needs --discriminator "
+                             "(a DINOv2 name, e.g. vit_small_patch14_dinov2)")
+    args = dict(cfg.teacher_args) if name == teacher_name else {}
+    return build_discriminator(name, teacher.embed_dim,
+                               pretrained=cfg.teacher_init == "pretrained",
+                               weights=cfg.discriminator_weights, levels=cfg.d_levels,
+                               head_width=cfg.d_head_width, **args)
+
+
+def train_distill(cfg: DistillConfig) -> TrainResult:
+    """Run (or resume) phase 1 as configured; returns where the outputs are.
+
+    Everything that can fail on user input (data root, empty split, teacher weights, run
+    folder) is checked before the run folder is created.
+    """
+    cfg.validate()
+    ctx = setup(cfg.device)
+    try:
+        run_dir = prepare_run_dir(cfg)
+        task = build_distill_task(cfg, ctx)
+        result = fit(task, cfg, ctx, run_dir)
+        return TrainResult.from_fit(result)
+    finally:
+        ctx.close()
