@@ -1,12 +1,78 @@
-"""`landslide predict` (not built yet)."""
+"""`landslide predict`: map landslides in GeoTIFF scenes into a GeoPackage."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from landslide_cli.cli.stubs import not_built
+from landslide_cli.cli import common
 
 
-def command(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built("predict")
+def command(
+    scenes: list[Path] = typer.Argument(..., help="GeoTIFF scene(s); several go into one file.",
+                                        show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output GeoPackage (.gpkg).",
+                             show_default=False),
+    model: str | None = typer.Option(
+        None, "--model", "-m",
+        help="Checkpoint (.safetensors), exported ONNX model or shipped model name "
+             "[default: the embedded default model]."),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    tile: int | None = typer.Option(None, "--tile",
+                                    help="Window size in pixels [default: the model's]."),
+    overlap: float = typer.Option(0.25, "--overlap", help="Overlap between windows (0-0.9)."),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", help="Windows per forward pass."),
+    bands: str | None = typer.Option(
+        None, "--bands", help="1-based bands to read, e.g. 1,2,3 [default: the model's]."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Landslide probability threshold [default: the model's]."),
+    min_area: float = typer.Option(0.0, "--min-area", help="Drop polygons below this many m²."),
+    simplify: float = typer.Option(0.0, "--simplify",
+                                   help="Simplification tolerance in metres (0: exact pixels)."),
+    prob_out: Path | None = typer.Option(
+        None, "--prob-out",
+        help="Also write the probability map as a COG GeoTIFF (a folder or a {scene} "
+             "pattern for several scenes)."),
+    prob_dtype: str = typer.Option("uint8", "--prob-dtype",
+                                   help="uint8 (p*254, nodata 255) or float32 (nodata NaN)."),
+    crs: str | None = typer.Option(
+        None, "--crs", help="Output CRS, e.g. EPSG:4326 [default: the first scene's]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Map landslides in GeoTIFF scenes into a GeoPackage (sliding windows, seamless blending).
+
+    Writes layers `landslides` (id, scene, area_m2, perimeter_m, mean_prob, max_prob),
+    `footprints` and the table `runs`, in the first scene's CRS, with a default QGIS style.
+    """
+    from landslide_cli.predict import predict_scenes
+
+    if quiet:
+        common.state.quiet = True
+    summary = predict_scenes(
+        scenes, out, model=model, backend=backend, device=device, tile=tile, overlap=overlap,
+        batch_size=batch_size, bands=bands, threshold=threshold, min_area=min_area,
+        simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype, crs=crs,
+        overwrite=overwrite, progress=not common.state.quiet,
+    )
+    if as_json:
+        common.print_json(summary.to_dict())
+        return
+    if not common.state.quiet:
+        from rich.table import Table
+
+        table = Table(title=None, show_edge=False)
+        for col in ("scene", "tiles", "polygons", "landslide area m²", "seconds"):
+            table.add_column(col, justify="left" if col == "scene" else "right")
+        for s in summary.scenes:
+            table.add_row(s.scene, str(s.tiles), str(s.polygons),
+                          f"{s.landslide_area_m2:,.0f}", f"{s.seconds:.1f}")
+        common.out.print(table)
+    common.out.print(
+        f"wrote {summary.out}: {summary.polygons} landslide polygons from {summary.tiles} tiles "
+        f"in {summary.seconds:.1f} s ({summary.backend} on {summary.device})", highlight=False)
+    for path in summary.prob_out:
+        common.out.print(f"wrote {path}", highlight=False)

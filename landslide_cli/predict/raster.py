@@ -1,0 +1,431 @@
+"""Scene access for ``predict``: opening, band/dtype checks, windowed reads with validity masks,
+a background prefetch reader, and the streaming probability GeoTIFF (COG) writer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from landslide_cli.errors import DataError, LandslideError
+from landslide_cli.predict.windows import Block, GridLayout
+from landslide_cli.preprocess import InputSpec, normalize
+
+#: GDAL block cache while predicting. GDAL's default (5 % of RAM) would let the cache of
+#: decoded scene blocks grow with the scene; 64 MiB holds a full window row of a 16k-wide RGB
+#: scene at tile 512, so overlapping rows are decoded once.
+GDAL_CACHE_BYTES = 64 * 1024 * 1024
+
+#: Data-type families: a model trained on one family accepts any member of it.
+DTYPE_FAMILY = {
+    "uint8": "8-bit", "int8": "8-bit",
+    "uint16": "16-bit", "int16": "16-bit",
+    "uint32": "32-bit integer", "int32": "32-bit integer",
+    "float32": "floating point", "float64": "floating point",
+}
+
+
+def gdal_env(**options: Any) -> rasterio.Env:
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **options)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+@dataclass
+class SceneInfo:
+    """What ``predict`` needs to know about a scene, read from its header only."""
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    crs: Any  # rasterio CRS or None
+    transform: Any  # affine.Affine
+    nodata: float | None
+    mask_flags: tuple[tuple[MaskFlags, ...], ...]
+    colorinterp: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def needs_mask(self, indexes: list[int]) -> bool:
+        """Whether some pixel of the chosen bands can be invalid (nodata, alpha, mask)."""
+        return any(MaskFlags.all_valid not in self.mask_flags[i - 1] for i in indexes)
+
+    def is_float(self, indexes: list[int]) -> bool:
+        return any(np.dtype(self.dtypes[i - 1]).kind == "f" for i in indexes)
+
+
+def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
+    """Read a scene's header; any problem is a one-line :class:`DataError`."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"scene not found: {p}")
+    if not p.is_file():
+        raise DataError(f"scene is not a file: {p}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(p) as ds:
+                info = SceneInfo(
+                    path=p, width=ds.width, height=ds.height, count=ds.count,
+                    dtypes=tuple(ds.dtypes), crs=ds.crs, transform=ds.transform,
+                    nodata=ds.nodata, mask_flags=tuple(tuple(f) for f in ds.mask_flag_enums),
+                    colorinterp=tuple(ci.name for ci in ds.colorinterp),
+                )
+    except RasterioError as exc:
+        raise DataError(f"{p}: not a raster GDAL can read ({_short(exc)})") from None
+    if info.count == 0 or info.width == 0 or info.height == 0:
+        raise DataError(f"{p}: raster has no pixels or no bands")
+    return info
+
+
+def parse_bands(bands: str | list[int] | tuple[int, ...] | None) -> list[int] | None:
+    """``"1,2,3"`` or ``[1, 2, 3]`` -> ``[1, 2, 3]`` (1-based), ``None`` stays ``None``."""
+    if bands is None:
+        return None
+    if isinstance(bands, str):
+        try:
+            values = [int(b) for b in bands.replace(" ", "").split(",") if b]
+        except ValueError:
+            raise LandslideError(
+                f"--bands {bands!r}: expected 1-based band numbers like 1,2,3"
+            ) from None
+    else:
+        values = [int(b) for b in bands]
+    if not values or any(b < 1 for b in values):
+        raise LandslideError(f"--bands {bands!r}: expected 1-based band numbers like 1,2,3")
+    return values
+
+
+def select_bands(scene: SceneInfo, spec: InputSpec, bands: list[int] | None) -> list[int]:
+    """1-based band indices to read from ``scene`` for a model with ``spec``.
+
+    ``bands`` (``--bands``) wins; else the model's ``band_indices``; else, when the scene has
+    exactly as many bands as the model expects, all of them. Anything else is a one-line error
+    that says what the model expects.
+    """
+    expects = f"{spec.num_bands} bands ({', '.join(spec.bands)})"
+    if bands is not None:
+        if len(bands) != spec.num_bands:
+            raise DataError(f"--bands {','.join(map(str, bands))}: the model expects {expects}")
+        chosen = list(bands)
+    elif spec.band_indices:
+        chosen = list(spec.band_indices)
+    else:
+        if scene.count != spec.num_bands:
+            hint = " (an alpha band is not a data band)" if "alpha" in scene.colorinterp else ""
+            raise DataError(
+                f"{scene.name} has {scene.count} bands but the model expects {expects}{hint}; "
+                "choose them with --bands, e.g. --bands "
+                + ",".join(str(i) for i in range(1, spec.num_bands + 1))
+            )
+        chosen = list(range(1, spec.num_bands + 1))
+    bad = [b for b in chosen if b > scene.count]
+    if bad:
+        raise DataError(
+            f"{scene.name} has {scene.count} bands, cannot read band {bad[0]} "
+            f"(the model expects {expects})"
+        )
+    return chosen
+
+
+def check_dtype(scene: SceneInfo, spec: InputSpec, indexes: list[int]) -> None:
+    """Refuse data of another type family than the model was trained on (see docs/predict.md).
+
+    Scaling is taken verbatim from the checkpoint (``raw / scale``), so feeding 16-bit
+    reflectance to an 8-bit model (scale 255) would silently give garbage.
+    """
+    want = DTYPE_FAMILY.get(spec.dtype, spec.dtype)
+    for i in indexes:
+        have = scene.dtypes[i - 1]
+        if DTYPE_FAMILY.get(have, have) != want:
+            raise DataError(
+                f"{scene.name} band {i} is {have} but the model expects {spec.dtype} data "
+                f"({', '.join(spec.bands)} divided by {spec.scale:g}); convert the scene "
+                f"(e.g. gdal_translate -ot {spec.dtype.capitalize()} -scale) or use a model "
+                f"trained on {have} data"
+            )
+
+
+# --------------------------------------------------------------------------- windowed reading
+
+
+@dataclass
+class WindowItem:
+    """One window in stitching order: its batch slot (None: skipped) and validity mask."""
+
+    row: int
+    col: int
+    slot: int | None
+    valid: np.ndarray | None  #: (h, w) bool or None (all valid)
+
+
+@dataclass
+class BatchItem:
+    batch: np.ndarray | None  #: (k, C, T, T) float32 normalized, or None if all skipped
+    windows: list[WindowItem]
+
+
+def read_window(ds: Any, indexes: list[int], y0: int, x0: int, h: int, w: int, *,
+                use_mask: bool, is_float: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw ``(C, h, w)`` pixels and an ``(h, w)`` validity mask (None: all valid)."""
+    win = Window(x0, y0, w, h)
+    raw = ds.read(indexes, window=win)
+    valid = None
+    if use_mask:
+        masks = ds.read_masks(indexes, window=win)
+        valid = np.logical_and.reduce(masks != 0, axis=0)
+    if is_float:
+        finite = np.isfinite(raw).all(axis=0)
+        valid = finite if valid is None else valid & finite
+    if valid is not None and valid.all():
+        valid = None
+    return raw, valid
+
+
+def prepare_tile(raw: np.ndarray, valid: np.ndarray | None, spec: InputSpec,
+                 tile: int, out: np.ndarray) -> None:
+    """Normalize ``raw`` per ``spec`` into ``out`` (C, tile, tile), padding by mirroring.
+
+    Invalid pixels are set to 0 after normalization (the band mean), so nodata fill values do
+    not leak extreme inputs into their valid neighbours' receptive fields.
+    """
+    x = normalize(raw, spec)
+    if valid is not None:
+        x[:, ~valid] = 0.0
+    h, w = x.shape[1:]
+    if h == tile and w == tile:
+        out[...] = x
+    else:
+        out[...] = np.pad(x, ((0, 0), (0, tile - h), (0, tile - w)), mode="symmetric")
+
+
+class PrefetchReader:
+    """Read, mask and normalize windows in a background thread, a few batches ahead.
+
+    The thread owns its own dataset handle (GDAL handles are not thread-safe); batches travel
+    through a bounded queue, so at most ``prefetch + 2`` batches exist at once.
+    """
+
+    _END = object()
+
+    def __init__(self, scene: SceneInfo, layout: GridLayout, indexes: list[int],
+                 spec: InputSpec, batch_size: int, *, prefetch: int = 2) -> None:
+        self.scene, self.layout, self.indexes, self.spec = scene, layout, indexes, spec
+        self.batch_size = max(1, int(batch_size))
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="landslide-reader", daemon=True)
+        self.read_seconds = 0.0
+
+    def __enter__(self) -> PrefetchReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self.queue.get(timeout=0.05)
+            self._thread.join(timeout=0.05)
+
+    def __iter__(self) -> Iterator[BatchItem]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        import time
+
+        scene, spec, tile = self.scene, self.spec, self.layout.tile
+        use_mask = scene.needs_mask(self.indexes)
+        is_float = scene.is_float(self.indexes)
+        try:
+            with warnings.catch_warnings(), gdal_env():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(scene.path) as ds:
+                    pending: list[WindowItem] = []
+                    batch: np.ndarray | None = None
+                    k = 0
+                    for r, c, y0, x0, h, w in self.layout.windows():
+                        if self._stop.is_set():
+                            return
+                        t0 = time.perf_counter()
+                        try:
+                            raw, valid = read_window(ds, self.indexes, y0, x0, h, w,
+                                                     use_mask=use_mask, is_float=is_float)
+                        except RasterioError as exc:
+                            raise DataError(
+                                f"{scene.path}: cannot read pixels at row {y0}, column {x0} "
+                                f"(damaged or truncated file? {_short(exc)})"
+                            ) from None
+                        if valid is not None and not valid.any():
+                            pending.append(WindowItem(r, c, None, valid))
+                        else:
+                            if batch is None:
+                                batch = np.empty((self.batch_size, len(self.indexes), tile, tile),
+                                                 dtype=np.float32)
+                            prepare_tile(raw, valid, spec, tile, batch[k])
+                            pending.append(WindowItem(r, c, k, valid))
+                            k += 1
+                        self.read_seconds += time.perf_counter() - t0
+                        if k == self.batch_size:
+                            if not self._put(BatchItem(batch, pending)):
+                                return
+                            pending, batch, k = [], None, 0
+                    if pending and not self._put(
+                            BatchItem(None if batch is None else batch[:k], pending)):
+                        return
+            self._put(self._END)
+        except BaseException as exc:  # forwarded to the consumer thread
+            self._put(exc)
+
+
+# --------------------------------------------------------------------------- probability raster
+
+PROB_DTYPES = ("uint8", "float32")
+#: uint8 probabilities are stored as round(p * 254); 255 marks nodata.
+UINT8_SCALE = 254
+UINT8_NODATA = 255
+
+
+def temp_path(target: Path, suffix: str) -> Path:
+    """A hidden, unique temporary path beside ``target`` (same file system for os.replace)."""
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}{suffix}"
+
+
+class ProbWriter:
+    """Stream stitched blocks into a temporary tiled GeoTIFF, then publish a COG atomically.
+
+    Blocks arrive in window order with arbitrary (non tile-aligned) offsets, so the streaming
+    file is uncompressed (GDAL rewrites uncompressed tiles in place); :meth:`commit` then builds
+    overviews and writes the compressed Cloud Optimized GeoTIFF next to the target and renames
+    it onto the target.
+    """
+
+    def __init__(self, target: Path, scene: SceneInfo, dtype: str = "uint8") -> None:
+        if dtype not in PROB_DTYPES:
+            raise LandslideError(f"--prob-dtype must be one of {', '.join(PROB_DTYPES)}")
+        self.target, self.scene, self.dtype = Path(target), scene, dtype
+        self.nodata = UINT8_NODATA if dtype == "uint8" else float("nan")
+        self.stream_path = temp_path(self.target, ".stream.tif")
+        self.cog_path = temp_path(self.target, ".cog.tif")
+        profile = {
+            "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1,
+            "dtype": dtype, "crs": scene.crs, "transform": scene.transform,
+            "nodata": self.nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
+            "compress": "none", "bigtiff": "if_safer", "sparse_ok": True,
+        }
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._ds = rasterio.open(self.stream_path, "w", **profile)
+        except RasterioError as exc:
+            raise LandslideError(f"cannot write {self.target}: {_short(exc)}") from None
+
+    def encode(self, block: Block) -> np.ndarray:
+        valid = block.valid
+        if self.dtype == "uint8":
+            data = np.rint(np.clip(block.prob, 0.0, 1.0) * UINT8_SCALE).astype(np.uint8)
+            if valid is not None:
+                data[~valid] = UINT8_NODATA
+        else:
+            data = block.prob.astype(np.float32, copy=True)
+            if valid is not None:
+                data[~valid] = np.nan
+        return data
+
+    def write(self, block: Block) -> None:
+        h, w = block.shape
+        self._ds.write(self.encode(block), 1, window=Window(block.x0, block.y0, w, h))
+
+    def finish(self) -> None:
+        """Compress with overviews into a COG-layout temporary file beside the target."""
+        from rasterio.enums import Resampling
+        from rasterio.shutil import copy as rio_copy
+
+        self._ds.close()
+        predictor = "2" if self.dtype == "uint8" else "3"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                if _has_cog():
+                    rio_copy(self.stream_path, self.cog_path, driver="COG", COMPRESS="DEFLATE",
+                             PREDICTOR=predictor, BLOCKSIZE="512", BIGTIFF="IF_SAFER",
+                             OVERVIEW_RESAMPLING="AVERAGE")
+                else:  # pragma: no cover - GDAL < 3.1
+                    with rasterio.open(self.stream_path, "r+") as ds:
+                        factors = _overview_factors(self.scene.width, self.scene.height)
+                        if factors:
+                            ds.build_overviews(factors, Resampling.average)
+                    rio_copy(self.stream_path, self.cog_path, driver="GTiff", TILED="YES",
+                             BLOCKXSIZE="512", BLOCKYSIZE="512", COMPRESS="DEFLATE",
+                             PREDICTOR=predictor, COPY_SRC_OVERVIEWS="YES", BIGTIFF="IF_SAFER")
+        except RasterioError as exc:
+            raise LandslideError(f"cannot write {self.target}: {_short(exc)}") from None
+        finally:
+            self.stream_path.unlink(missing_ok=True)
+            Path(str(self.stream_path) + ".ovr").unlink(missing_ok=True)
+
+    def commit(self) -> None:
+        """Rename the finished COG onto the target."""
+        try:
+            os.replace(self.cog_path, self.target)
+        except OSError as exc:
+            raise LandslideError(f"cannot write {self.target}: {exc.strerror}") from None
+
+    def cleanup(self) -> None:
+        if not self._ds.closed:
+            self._ds.close()
+        for p in (self.stream_path, self.cog_path):
+            p.unlink(missing_ok=True)
+            Path(str(p) + ".ovr").unlink(missing_ok=True)
+            Path(str(p) + ".aux.xml").unlink(missing_ok=True)
+
+
+def _has_cog() -> bool:
+    with rasterio.Env() as env:
+        return "COG" in env.drivers()
+
+
+def _overview_factors(width: int, height: int, smallest: int = 256) -> list[int]:
+    factors, f = [], 2
+    while max(width, height) // f >= smallest:
+        factors.append(f)
+        f *= 2
+    return factors

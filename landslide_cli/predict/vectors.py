@@ -1,0 +1,486 @@
+"""Vector side of ``predict``: block-wise polygonizing with border merging, per-polygon
+statistics and measures, footprints, and the atomic GeoPackage writer (with a QGIS style).
+
+Polygonizing works in *global pixel coordinates* (integers), so pieces that meet at block
+borders share exact vertices and unions are exact; geometries are mapped to the scene's CRS
+only when a polygon is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio.features
+import shapely
+import shapely.geometry
+from affine import Affine
+
+from landslide_cli.errors import LandslideError
+from landslide_cli.predict.raster import temp_path
+from landslide_cli.predict.windows import Block
+
+# ---------------------------------------------------------------------------- polygonizing
+
+
+@dataclass
+class RawPolygon:
+    """A complete landslide in global pixel coordinates with its probability statistics."""
+
+    geom: Any  # shapely Polygon
+    prob_sum: float
+    pixels: int
+    prob_max: float
+
+    @property
+    def mean_prob(self) -> float:
+        return self.prob_sum / max(self.pixels, 1)
+
+
+def _block_shapes(mask: np.ndarray) -> list[Any]:
+    """Polygons (4-connected) of a boolean mask, in the mask's pixel coordinates."""
+    return [shapely.geometry.shape(g) for g, _ in
+            rasterio.features.shapes(mask.view(np.uint8), mask=mask, connectivity=4)]
+
+
+def _shift(geoms: list[Any], x0: int, y0: int) -> np.ndarray:
+    offset = np.array([x0, y0], dtype=np.float64)
+    return shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy + offset)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def add(self, i: int) -> None:
+        self.parent[i] = i
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def discard(self, ids: list[int]) -> None:
+        for i in ids:
+            self.parent.pop(i, None)
+
+
+class Polygonizer:
+    """Polygonize thresholded blocks (added in row-major order) and merge across borders.
+
+    Each block is polygonized on its own with ``rasterio.features.shapes``; the pieces are
+    rasterized back to a label image to get per-piece probability sums/maxima and to find the
+    pieces that are 4-adjacent across the left and top block borders, which a union-find joins.
+    After each row of blocks every group that does not reach the row's bottom edge is complete:
+    its pieces are dissolved (``shapely.union_all``, exact on integer coordinates, holes kept)
+    and handed to ``emit``. Only the label line under the current block row (``8 * width``
+    bytes) and the still-open pieces are kept between rows.
+    """
+
+    def __init__(self, width: int, threshold: float,
+                 emit: Callable[[list[RawPolygon]], None]) -> None:
+        self.width = width
+        self.threshold = float(threshold)
+        self.emit = emit
+        self._uf = _UnionFind()
+        self._pieces: dict[int, tuple[Any, float, int, float]] = {}
+        self._next_id = 1
+        self._right: np.ndarray | None = None
+        self._bottom_prev = np.zeros(width, dtype=np.int64)
+        self._bottom_cur = np.zeros(width, dtype=np.int64)
+        self.pixels = 0  # landslide pixels so far
+
+    def foreground(self, block: Block) -> np.ndarray:
+        fg = block.prob >= self.threshold
+        if block.valid is not None:
+            fg &= block.valid
+        return fg
+
+    def add(self, block: Block) -> None:
+        h, w = block.shape
+        fg = self.foreground(block)
+        labels = np.zeros((h, w), dtype=np.int64)
+        if fg.any():
+            geoms = _block_shapes(fg)
+            n = len(geoms)
+            local = rasterio.features.rasterize(
+                zip(geoms, range(1, n + 1), strict=True), out_shape=(h, w), fill=0,
+                dtype="int32")
+            npx = int(np.count_nonzero(fg))
+            if int(np.count_nonzero(local)) != npx:  # pragma: no cover - GDAL invariant
+                raise RuntimeError("polygonize/rasterize disagree on a block")
+            self.pixels += npx
+            lab = local[fg]
+            prob = block.prob[fg].astype(np.float64)
+            sums = np.bincount(lab, weights=prob, minlength=n + 1)
+            counts = np.bincount(lab, minlength=n + 1)
+            order = np.argsort(lab, kind="stable")
+            lab_s, prob_s = lab[order], prob[order]
+            starts = np.flatnonzero(np.r_[True, lab_s[1:] != lab_s[:-1]])
+            maxs = np.zeros(n + 1)
+            maxs[lab_s[starts]] = np.maximum.reduceat(prob_s, starts)
+            base = self._next_id - 1
+            self._next_id += n
+            moved = _shift(geoms, block.x0, block.y0)
+            for k in range(1, n + 1):
+                gid = base + k
+                self._uf.add(gid)
+                self._pieces[gid] = (moved[k - 1], float(sums[k]), int(counts[k]),
+                                     float(maxs[k]))
+            labels[fg] = lab + base
+        if block.col > 0 and self._right is not None:
+            self._join(self._right, labels[:, 0])
+        if block.row > 0:
+            self._join(self._bottom_prev[block.x0:block.x0 + w], labels[0, :])
+        self._right = labels[:, -1].copy()
+        self._bottom_cur[block.x0:block.x0 + w] = labels[-1, :]
+        if block.last_col:
+            self._end_row(final=block.last_row)
+
+    def _join(self, a: np.ndarray, b: np.ndarray) -> None:
+        both = (a > 0) & (b > 0)
+        if not both.any():
+            return
+        pairs = np.unique(np.stack([a[both], b[both]], axis=1), axis=0)
+        for i, j in pairs:
+            self._uf.union(int(i), int(j))
+
+    def _end_row(self, *, final: bool) -> None:
+        open_roots: set[int] = set()
+        if not final:
+            open_roots = {self._uf.find(int(i)) for i in np.unique(self._bottom_cur) if i}
+        groups: dict[int, list[int]] = {}
+        for gid in self._pieces:
+            root = self._uf.find(gid)
+            if root not in open_roots:
+                groups.setdefault(root, []).append(gid)
+        done: list[RawPolygon] = []
+        for ids in groups.values():
+            parts = [self._pieces.pop(i) for i in ids]
+            geom = parts[0][0] if len(parts) == 1 else shapely.union_all([p[0] for p in parts])
+            stats = (sum(p[1] for p in parts), sum(p[2] for p in parts),
+                     max(p[3] for p in parts))
+            self._uf.discard(ids)
+            for poly in _polygons(geom):
+                done.append(RawPolygon(poly, *stats))
+        self._bottom_prev, self._bottom_cur = self._bottom_cur, self._bottom_prev
+        self._bottom_cur[:] = 0
+        self._right = None
+        if done:
+            self.emit(done)
+
+
+def _polygons(geom: Any) -> list[Any]:
+    if geom.geom_type == "Polygon":
+        return [geom]
+    return [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon" and not g.is_empty]
+
+
+class FootprintBuilder:
+    """Outline of a scene's valid pixels, accumulated block by block (pixel coordinates)."""
+
+    def __init__(self, height: int, width: int, *, all_valid: bool) -> None:
+        self.all_valid = all_valid
+        self.height, self.width = height, width
+        self._row: list[Any] = []
+        self._rows: list[Any] = []
+        self.valid_pixels = height * width if all_valid else 0
+
+    def add(self, block: Block) -> None:
+        if self.all_valid:
+            return
+        h, w = block.shape
+        if block.valid is None:
+            self._row.append(shapely.box(block.x0, block.y0, block.x0 + w, block.y0 + h))
+            self.valid_pixels += h * w
+        elif block.valid.any():
+            self.valid_pixels += int(np.count_nonzero(block.valid))
+            parts = _block_shapes(block.valid)
+            self._row.extend(_shift(parts, block.x0, block.y0))
+        if block.last_col and self._row:
+            self._rows.append(shapely.union_all(self._row))
+            self._row = []
+
+    def geometry(self) -> Any:
+        """The footprint (Polygon or MultiPolygon, pixel coordinates; empty if no valid pixel)."""
+        if self.all_valid:
+            return shapely.box(0, 0, self.width, self.height)
+        if not self._rows:
+            return shapely.Polygon()
+        return shapely.simplify(shapely.union_all(self._rows), 0.0)
+
+
+# ---------------------------------------------------------------------------- geography
+
+
+class SceneGeo:
+    """Pixel -> CRS mapping and equal-area measures for one scene.
+
+    * projected CRS: planar area/length in CRS units times the linear unit factor (^2);
+    * geographic CRS: geometries are projected to a Lambert azimuthal equal-area projection
+      centred on the scene (areas exact, lengths accurate near the centre);
+    * no CRS: the geotransform's units are taken as metres (pixel units for plain images).
+    """
+
+    def __init__(self, crs: Any, transform: Affine, width: int, height: int) -> None:
+        self.crs, self.transform = crs, transform
+        self.kind = "none" if crs is None else ("geographic" if crs.is_geographic else "projected")
+        self.unit_factor = 1.0
+        self._laea = None
+        if self.kind == "projected":
+            try:
+                self.unit_factor = float(crs.linear_units_factor[1])
+            except Exception:  # CRS without a linear unit: assume metres
+                self.unit_factor = 1.0
+        elif self.kind == "geographic":
+            from pyproj import CRS as ProjCRS
+            from pyproj import Transformer
+
+            lon, lat = transform * (width / 2.0, height / 2.0)
+            laea = ProjCRS.from_proj4(
+                f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +x_0=0 +y_0=0 "
+                "+ellps=WGS84 +units=m +no_defs")
+            self._laea = Transformer.from_crs(ProjCRS.from_user_input(crs.to_wkt()), laea,
+                                              always_xy=True)
+        self.pixel_size_m = self._pixel_size_m(width, height)
+
+    def to_crs(self, geoms: Any) -> Any:
+        """Global pixel coordinates -> scene CRS (the raster's geotransform)."""
+        t = self.transform
+        return shapely.transform(geoms, lambda xy: np.column_stack([
+            t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f]))
+
+    def _metric(self, geoms_crs: Any) -> Any:
+        if self._laea is None:
+            return geoms_crs
+        tr = self._laea
+        return shapely.transform(geoms_crs, lambda xy: np.column_stack(
+            tr.transform(xy[:, 0], xy[:, 1])))
+
+    def measure(self, geoms_crs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(area_m2, perimeter_m)`` arrays for geometries in the scene CRS."""
+        metric = self._metric(np.asarray(geoms_crs, dtype=object))
+        f = self.unit_factor if self.kind == "projected" else 1.0
+        return shapely.area(metric) * f * f, shapely.length(metric) * f
+
+    def _pixel_size_m(self, width: int, height: int) -> float:
+        cx, cy = width // 2, height // 2
+        px = self.to_crs(shapely.box(cx, cy, cx + 1, cy + 1))
+        area, _ = self.measure([px])
+        return float(np.sqrt(area[0]))
+
+
+class Reprojector:
+    """Transform geometries between two CRSs (identity when they are equal)."""
+
+    def __init__(self, src: Any, dst: Any) -> None:
+        self.identity = src is None or dst is None or src == dst
+        if not self.identity:
+            from pyproj import CRS as ProjCRS
+            from pyproj import Transformer
+
+            self._tr = Transformer.from_crs(ProjCRS.from_user_input(src.to_wkt()),
+                                            ProjCRS.from_user_input(dst.to_wkt()),
+                                            always_xy=True)
+
+    def __call__(self, geoms: Any) -> Any:
+        if self.identity:
+            return geoms
+        tr = self._tr
+        return shapely.transform(geoms, lambda xy: np.column_stack(
+            tr.transform(xy[:, 0], xy[:, 1])))
+
+
+# ---------------------------------------------------------------------------- GeoPackage
+
+LANDSLIDE_COLUMNS = ("id", "scene", "area_m2", "perimeter_m", "mean_prob", "max_prob")
+
+QML_STYLE = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28.0" styleCategories="Symbology|MapTips">
+ <renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0"
+   referencescale="-1">
+  <symbols>
+   <symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">
+    <layer class="SimpleFill" enabled="1" locked="0" pass="0">
+     <Option type="Map">
+      <Option type="QString" name="color" value="227,26,28,102"/>
+      <Option type="QString" name="joinstyle" value="bevel"/>
+      <Option type="QString" name="offset" value="0,0"/>
+      <Option type="QString" name="offset_unit" value="MM"/>
+      <Option type="QString" name="outline_color" value="165,0,38,255"/>
+      <Option type="QString" name="outline_style" value="solid"/>
+      <Option type="QString" name="outline_width" value="0.4"/>
+      <Option type="QString" name="outline_width_unit" value="MM"/>
+      <Option type="QString" name="style" value="solid"/>
+     </Option>
+     <prop k="color" v="227,26,28,102"/>
+     <prop k="joinstyle" v="bevel"/>
+     <prop k="offset" v="0,0"/>
+     <prop k="offset_unit" v="MM"/>
+     <prop k="outline_color" v="165,0,38,255"/>
+     <prop k="outline_style" v="solid"/>
+     <prop k="outline_width" v="0.4"/>
+     <prop k="outline_width_unit" v="MM"/>
+     <prop k="style" v="solid"/>
+    </layer>
+   </symbol>
+  </symbols>
+  <rotation/>
+  <sizescale/>
+ </renderer-v2>
+ <blendMode>0</blendMode>
+ <featureBlendMode>0</featureBlendMode>
+ <layerOpacity>1</layerOpacity>
+ <mapTip>landslide [% "id" %]: [% round("area_m2") %] m², p [% round("mean_prob", 2) %]</mapTip>
+ <previewExpression>"id"</previewExpression>
+ <layerGeometryType>2</layerGeometryType>
+</qgis>
+"""
+
+SLD_STYLE = """<?xml version="1.0" encoding="UTF-8"?>
+<StyledLayerDescriptor xmlns="http://www.opengis.net/sld" version="1.1.0"
+  xmlns:se="http://www.opengis.net/se" xmlns:ogc="http://www.opengis.net/ogc"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+ <NamedLayer>
+  <se:Name>landslides</se:Name>
+  <UserStyle>
+   <se:Name>landslides</se:Name>
+   <se:FeatureTypeStyle>
+    <se:Rule>
+     <se:Name>landslide</se:Name>
+     <se:PolygonSymbolizer>
+      <se:Fill>
+       <se:SvgParameter name="fill">#e31a1c</se:SvgParameter>
+       <se:SvgParameter name="fill-opacity">0.4</se:SvgParameter>
+      </se:Fill>
+      <se:Stroke>
+       <se:SvgParameter name="stroke">#a50026</se:SvgParameter>
+       <se:SvgParameter name="stroke-width">1</se:SvgParameter>
+      </se:Stroke>
+     </se:PolygonSymbolizer>
+    </se:Rule>
+   </se:FeatureTypeStyle>
+  </UserStyle>
+ </NamedLayer>
+</StyledLayerDescriptor>
+"""
+
+
+def _crs_arg(crs: Any) -> Any:
+    if crs is None:
+        return None
+    code = crs.to_epsg() if hasattr(crs, "to_epsg") else None
+    return f"EPSG:{code}" if code else crs.to_wkt()
+
+
+class GpkgWriter:
+    """Write the output GeoPackage to a temporary file beside ``target``; rename on commit."""
+
+    def __init__(self, target: Path, crs: Any) -> None:
+        self.target = Path(target)
+        self.crs = crs
+        self.tmp = temp_path(self.target, ".tmp.gpkg")
+        self.features = 0
+        self._create_landslides()
+
+    def _gdf(self, data: dict[str, Any], geoms: Any) -> Any:
+        import geopandas as gpd
+
+        return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(list(geoms), crs=_crs_arg(self.crs)))
+
+    def _write(self, frame: Any, layer: str, **kw: Any) -> None:
+        import pyogrio
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", **kw)
+        except Exception as exc:
+            raise LandslideError(f"cannot write {self.target}: {_first(exc)}") from None
+
+    def _create_landslides(self) -> None:
+        import pandas as pd
+
+        empty = {
+            "id": pd.Series([], dtype="int64"), "scene": pd.Series([], dtype=object),
+            **{c: pd.Series([], dtype="float64") for c in LANDSLIDE_COLUMNS[2:]},
+        }
+        self._write(self._gdf(empty, []), "landslides", geometry_type="Polygon")
+
+    def append_landslides(self, rows: dict[str, Any], geoms: Any) -> None:
+        if len(geoms) == 0:
+            return
+        self._write(self._gdf(rows, geoms), "landslides", geometry_type="Polygon", append=True)
+        self.features += len(geoms)
+
+    def write_footprints(self, rows: dict[str, Any], geoms: Any) -> None:
+        self._write(self._gdf(rows, geoms), "footprints", geometry_type="MultiPolygon",
+                    promote_to_multi=True)
+
+    def write_runs(self, rows: list[dict[str, Any]]) -> None:
+        import pandas as pd
+
+        self._write(pd.DataFrame(rows), "runs")
+
+    def write_style(self) -> None:
+        """Add the ``layer_styles`` table QGIS reads, with a default style for landslides."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        con = sqlite3.connect(self.tmp)
+        try:
+            with con:
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS layer_styles ("
+                    "id INTEGER PRIMARY KEY AUTOINCREMENT, f_table_catalog TEXT(256), "
+                    "f_table_schema TEXT(256), f_table_name TEXT(256), "
+                    "f_geometry_column TEXT(256), styleName TEXT(30), styleQML TEXT, "
+                    "styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner TEXT(30), "
+                    "ui TEXT(30), update_time DATETIME DEFAULT "
+                    "(strftime('%Y-%m-%dT%H:%M:%fZ','now')))")
+                geom_col = con.execute(
+                    "SELECT column_name FROM gpkg_geometry_columns WHERE table_name=?",
+                    ("landslides",)).fetchone()
+                con.execute(
+                    "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
+                    "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, "
+                    "description, owner, ui, update_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    ("", "", "landslides", geom_col[0] if geom_col else "geom", "landslides",
+                     QML_STYLE, SLD_STYLE, 1, "landslide default style", "", None, now))
+                con.execute(
+                    "INSERT OR REPLACE INTO gpkg_contents (table_name, data_type, identifier, "
+                    "description, last_change) VALUES (?,?,?,?,?)",
+                    ("layer_styles", "attributes", "layer_styles", "QGIS layer styles", now))
+        except sqlite3.Error as exc:
+            raise LandslideError(f"cannot write {self.target}: {exc}") from None
+        finally:
+            con.close()
+
+    def commit(self) -> None:
+        try:
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            raise LandslideError(f"cannot write {self.target}: {exc.strerror}") from None
+
+    def cleanup(self) -> None:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(str(self.tmp) + suffix).unlink(missing_ok=True)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
