@@ -48,10 +48,10 @@ def command(
     if as_json:
         common.print_json(report.to_dict())
         return
+    common.out.print(f"wrote {report.path}", highlight=False, overflow="ignore")
     table = Table(title=f"exported {report.model_name}", title_justify="left", show_header=False)
     table.add_column("key", style="bold")
-    table.add_column("value")
-    table.add_row("path", str(report.path))
+    table.add_column("value", overflow="fold")
     table.add_row("size", f"{report.size_bytes / 1e6:.2f} MB ({report.size_bytes:,} bytes)")
     table.add_row("opset", f"{report.opset} ({report.exporter} exporter)")
     table.add_row("input", f"image (N, {len(report.bands)}, {report.tile}, {report.tile}) "
