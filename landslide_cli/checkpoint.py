@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from landslide_cli import __version__
-from landslide_cli.errors import CheckpointError
+from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.zoo.spec import Architecture
 
@@ -100,7 +100,7 @@ class CheckpointMeta:
             )
             meta.input_spec  # noqa: B018 - validates the input spec
             meta.arch  # noqa: B018
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, LandslideError) as exc:
             raise CheckpointError(f"{source}: invalid metadata ({exc})") from None
         if not 0.0 <= meta.threshold <= 1.0:
             raise CheckpointError(f"{source}: threshold {meta.threshold} is outside [0, 1]")

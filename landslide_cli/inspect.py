@@ -35,15 +35,32 @@ def count_params(module: nn.Module) -> int:
 
 
 def gflops(model: nn.Module, size: int = 512, in_chans: int = 3) -> float:
-    """Forward GFLOPs (multiply-add = 2 FLOPs) at ``size x size`` for batch 1."""
+    """Forward GFLOPs (multiply-add = 2 FLOPs) at ``size x size`` for batch 1.
+
+    Counted on a copy of the model on PyTorch's ``meta`` device (shapes only, no arithmetic), so
+    it is fast and needs no memory for activations; falls back to a real CPU forward pass if an
+    operator has no meta implementation.
+    """
+    import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
+    try:
+        probe = copy.deepcopy(model).to("meta").eval()
+        x = torch.zeros(1, in_chans, size, size, device="meta")
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            probe(x)
+        return counter.get_total_flops() / 1e9
+    except (NotImplementedError, RuntimeError):
+        pass
     x = torch.zeros(1, in_chans, size, size)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() / 1e9
 
 

@@ -116,7 +116,7 @@ def test_pickled_weights_file_is_never_executed(tmp_path):
 
     marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pth"
-    bad.write_bytes(pickle.dumps({"patch_embed.proj.weight": _Evil(str(marker))}))
+    bad.write_bytes(pickle.dumps({"patch_embed.proj.weight": _Evil(str(marker))}, protocol=2))
     with pytest.raises(WeightsUnavailable) as info:
         BACKBONES.build("pvt_v2_b0", weights=bad)
     assert not marker.exists()
