@@ -56,21 +56,37 @@ class Sample:
 # --------------------------------------------------------------------------- raster helpers
 
 
+_QUIET = False
+
+
+def _silence_not_georeferenced() -> None:
+    """Tiles (PNG, plain TIF) have no georeference by nature: drop rasterio's warning.
+
+    A process-wide filter rather than ``warnings.catch_warnings``, which is not thread-safe
+    (tiles are read from a thread pool).
+    """
+    global _QUIET
+    if not _QUIET:
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+        _QUIET = True
+
+
 @contextmanager
 def open_raster(path: Path) -> Iterator[Any]:
     """``rasterio.open`` without NotGeoreferencedWarning noise; errors become DataError."""
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.errors import RasterioIOError
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            ds = rasterio.open(path)
-        except RasterioIOError as exc:
-            first = (str(exc).strip().splitlines() or ["unreadable"])[0][:160]
-            raise DataError(f"cannot read raster {path}: {first}") from None
-        with ds:
-            yield ds
+    _silence_not_georeferenced()
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[0][:160]
+        raise DataError(f"cannot read raster {path}: {first}") from None
+    with ds:
+        yield ds
 
 
 def read_raster(path: Path, bands: Sequence[int] | None = None) -> np.ndarray:
