@@ -56,21 +56,16 @@ class Sample:
 # --------------------------------------------------------------------------- raster helpers
 
 
-_QUIET = False
-
-
 def _silence_not_georeferenced() -> None:
     """Tiles (PNG, plain TIF) have no georeference by nature: drop rasterio's warning.
 
-    A process-wide filter rather than ``warnings.catch_warnings``, which is not thread-safe
-    (tiles are read from a thread pool).
+    A process-wide filter (re-added if something reset the filters) rather than
+    ``warnings.catch_warnings``, which is not thread-safe (tiles are read from a thread pool).
     """
-    global _QUIET
-    if not _QUIET:
-        from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import NotGeoreferencedWarning
 
+    if not any(f[2] is NotGeoreferencedWarning and f[0] == "ignore" for f in warnings.filters):
         warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-        _QUIET = True
 
 
 @contextmanager
@@ -330,7 +325,7 @@ def select_bands(image: np.ndarray, spec: InputSpec, *, source: str = "image") -
     if max(idx) <= c:
         return np.take(image, [i - 1 for i in idx], axis=-3)
     raise DataError(
-        f"{source}: tiles have {c} band(s) but the model expects {spec.num_bands} "
+        f"{source}: tiles have {c} band(s) but the model expects {spec.num_bands} band(s) "
         f"({', '.join(spec.bands)}; band indices {idx})"
     )
 

@@ -1,0 +1,121 @@
+"""SegmentationDataset normalization, crops/pads and seeded augmentations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _tiles import tile_pair, write_raster
+
+from landslide_cli.data import Augment, SegmentationDataset, open_dataset
+from landslide_cli.errors import LandslideError
+from landslide_cli.preprocess import InputSpec, normalize
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    rng = np.random.default_rng(5)
+    for k in range(4):
+        image, mask = tile_pair(rng, 40)
+        write_raster(tmp_path / "t" / "img" / f"t{k}.png", image[:, :, :36])  # 40 x 36
+        write_raster(tmp_path / "t" / "mask" / f"t{k}.png", mask[:, :36])
+    return open_dataset("folder", tmp_path / "t", split="all")
+
+
+def _red_is_mask(item: dict, spec: InputSpec) -> np.ndarray:
+    """Per valid pixel: does the (denormalized) red band still agree with the mask?"""
+    red = item["image"][0] * spec.std[0] + spec.mean[0]  # scaled space (raw / 255)
+    agree = (red > 0.5) == (item["mask"] == 1)
+    return agree[item["valid"]].numpy()
+
+
+def test_native_size_matches_the_spec_normalization(tiles):
+    spec = InputSpec()
+    ds = SegmentationDataset(tiles, spec)
+    item = ds[1]
+    raw, mask = tiles.read(1)
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 40, 36)
+    np.testing.assert_allclose(item["image"].numpy(), normalize(raw, spec), atol=1e-5)
+    assert item["mask"].dtype == torch.int64
+    np.testing.assert_array_equal(item["mask"].numpy(), mask)
+    assert item["valid"].all() and item["name"] == "t1" and item["region"] == "t"
+    assert item["index"] == 1
+
+
+def test_centre_crop_and_pad_without_augment(tiles):
+    spec = InputSpec()
+    small = SegmentationDataset(tiles, spec, size=32)[0]
+    assert small["image"].shape == (3, 32, 32) and small["valid"].all()
+    raw, _ = tiles.read(0)
+    np.testing.assert_allclose(small["image"].numpy(), normalize(raw[:, 4:36, 2:34], spec),
+                               atol=1e-5)
+    big = SegmentationDataset(tiles, spec, size=48)[0]
+    assert big["image"].shape == (3, 48, 48)
+    assert int(big["valid"].sum()) == 40 * 36
+    assert torch.all(big["image"][:, ~big["valid"]] == 0)  # pad = band mean -> 0
+    assert torch.all(big["mask"][~big["valid"]] == 0)
+    assert torch.all(SegmentationDataset(tiles, spec, size=48, pad_label=255)[0]["mask"]
+                     [~big["valid"]] == 255)
+
+
+def test_augment_moves_image_and_mask_together_and_is_seeded(tiles):
+    spec = InputSpec()
+    ds = SegmentationDataset(tiles, spec, Augment(), size=32, seed=11)
+    for i in range(len(ds)):
+        assert _red_is_mask(ds[i], spec).all()
+    a, b = ds[2], ds[2]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    changed = False
+    for epoch in range(1, 4):
+        ds.set_epoch(epoch)
+        changed |= not torch.equal(ds[2]["image"], a["image"])
+    assert changed
+    # rot90 really rotates: over many seeds a non-square tile comes back transposed
+    free = SegmentationDataset(tiles, spec, Augment(flips=False), seed=0)
+    shapes = set()
+    for epoch in range(12):
+        free.set_epoch(epoch)
+        shapes.add(tuple(free[0]["image"].shape))
+    assert shapes == {(3, 40, 36), (3, 36, 40)}
+
+
+def test_scale_and_colour_jitter(tiles):
+    spec = InputSpec()
+    aug = Augment(color_jitter=0.3, scale_jitter=0.25)
+    ds = SegmentationDataset(tiles, spec, aug, size=32, seed=2)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
+        assert set(item["mask"].unique().tolist()) <= {0, 1}
+        assert _red_is_mask(item, spec).mean() > 0.9  # bilinear image vs nearest mask edges
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 8, 8)
+    out = Augment(rot90=False, flips=False, color_jitter=0.5).photometric(image, g)
+    assert not torch.equal(out, image) and out.min() >= 0 and out.max() <= 1
+    big, mask = Augment(scale_jitter=0.5).rescale(torch.rand(3, 20, 20),
+                                                  torch.ones(20, 20, dtype=torch.int64),
+                                                  torch.Generator().manual_seed(1))
+    assert big.shape[-2:] == mask.shape and mask.dtype == torch.int64
+    with pytest.raises(LandslideError, match="color_jitter"):
+        Augment(color_jitter=1.5)
+
+
+def test_band_selection_follows_the_spec(tmp_path):
+    rng = np.random.default_rng(6)
+    image, mask = tile_pair(rng, 16)
+    rgba = np.concatenate([image, np.full((1, 16, 16), 255, np.uint8)])
+    write_raster(tmp_path / "s" / "img" / "x.tif", rgba)
+    write_raster(tmp_path / "s" / "mask" / "x.tif", mask)
+    tiles = open_dataset("folder", tmp_path / "s", split="all")
+    assert tiles.read(0)[0].shape[0] == 4
+    item = SegmentationDataset(tiles, InputSpec())[0]  # 3-band model: bands 1..3
+    np.testing.assert_allclose(item["image"].numpy(), normalize(image, InputSpec()), atol=1e-5)
+    bgr = InputSpec(band_indices=[3, 2, 1])
+    item = SegmentationDataset(tiles, bgr)[0]
+    np.testing.assert_allclose(item["image"].numpy(), normalize(image[::-1].copy(), bgr),
+                               atol=1e-5)
+    pre = open_dataset("folder", tmp_path / "s", split="all", bands="3,2,1")
+    assert pre.read(0)[0].shape[0] == 3 and pre.input_spec_hint.band_indices == [3, 2, 1]
+    with pytest.raises(LandslideError, match="expects 5 band"):
+        SegmentationDataset(tiles, InputSpec(bands=list("abcde"), mean=[0] * 5,
+                                             std=[1] * 5))[0]
