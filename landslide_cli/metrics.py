@@ -350,28 +350,30 @@ def _drop_small(labels: np.ndarray, n: int, min_area: int) -> tuple[np.ndarray, 
 class PRHistogram:
     """Histograms of landslide probability for positive and negative pixels.
 
-    Threshold ``k / bins`` (``k = 0..bins``) predicts landslide where ``prob >= k / bins``,
-    which is exactly "bin index >= k", so precision/recall/F1 at every grid threshold are exact
-    (up to floating-point ties), from ``2 * bins`` integers whatever the data size.
+    Bin ``k`` (``k = 0..bins-1``) holds probabilities in ``[k/bins, (k+1)/bins)`` and bin
+    ``bins`` holds exactly 1.0, so "``prob >= k / bins``" is exactly "bin index >= k": precision,
+    recall and F1 at every grid threshold ``k / bins`` (``k = 0..bins``) are exact (up to
+    floating-point ties), from ``2 * (bins + 1)`` integers whatever the data size.
     """
 
     def __init__(self, bins: int = 1000) -> None:
         if bins < 2:
             raise ValueError("bins must be >= 2")
         self.bins = bins
-        self.pos = np.zeros(bins, dtype=np.int64)
-        self.neg = np.zeros(bins, dtype=np.int64)
+        self.pos = np.zeros(bins + 1, dtype=np.int64)
+        self.neg = np.zeros(bins + 1, dtype=np.int64)
 
     def update(self, prob: Any, target: Any, valid: Any | None = None) -> PRHistogram:
         p = _np(prob).astype(np.float64, copy=False)
         t = _bool(target)
-        idx = np.clip(np.nan_to_num(p * self.bins, nan=0.0), 0, self.bins - 1).astype(np.int64)
-        idx = idx + self.bins * t
+        n = self.bins + 1
+        idx = np.clip(np.nan_to_num(p * self.bins, nan=0.0), 0, self.bins).astype(np.int64)
+        idx = idx + n * t
         if valid is not None:
             idx = idx[_bool(valid)]
-        counts = np.bincount(idx.ravel(), minlength=2 * self.bins)
-        self.neg += counts[: self.bins]
-        self.pos += counts[self.bins:]
+        counts = np.bincount(idx.ravel(), minlength=2 * n)
+        self.neg += counts[:n]
+        self.pos += counts[n:]
         return self
 
     def __iadd__(self, other: PRHistogram) -> PRHistogram:
@@ -383,12 +385,13 @@ class PRHistogram:
 
     @property
     def thresholds(self) -> np.ndarray:
+        """The grid ``k / bins``, ``k = 0..bins``."""
         return np.arange(self.bins + 1, dtype=np.float64) / self.bins
 
     def counts(self) -> dict[str, np.ndarray]:
-        """tp/fp/fn/tn arrays (length ``bins + 1``) at every grid threshold."""
-        tp = np.concatenate([np.cumsum(self.pos[::-1])[::-1], [0]])
-        fp = np.concatenate([np.cumsum(self.neg[::-1])[::-1], [0]])
+        """tp/fp/fn/tn arrays (one per grid threshold)."""
+        tp = np.cumsum(self.pos[::-1])[::-1]
+        fp = np.cumsum(self.neg[::-1])[::-1]
         n_pos, n_neg = int(self.pos.sum()), int(self.neg.sum())
         return {"tp": tp, "fp": fp, "fn": n_pos - tp, "tn": n_neg - fp}
 
