@@ -154,12 +154,12 @@ def distill(
     grad_clip: float = _opt("--grad-clip", help="Clip gradient norm to this value."),
 ) -> None:
     """Phase 1: distil a frozen DINOv2 teacher into a PVT student (KDA)."""
+    values = dict(locals())
     from landslide_cli.train.config import DistillConfig, resolve_config
     from landslide_cli.train.distill import train_distill
 
     if pretrained_teacher and teacher_random:
         raise LandslideError("--pretrained-teacher and --teacher-random exclude each other")
-    values = dict(locals())
     for key in ("config", "pretrained_teacher", "teacher_random", "teacher_arg", "regions"):
         values.pop(key)
     values["teacher_init"] = "random" if teacher_random else (
@@ -246,10 +246,10 @@ def segment(
                                "threshold [default: 1000]."),
 ) -> None:
     """Phase 2: train backbone + decoder for landslide segmentation."""
+    values = dict(locals())
     from landslide_cli.train.config import SegmentConfig, resolve_config
     from landslide_cli.train.segment import train_segment
 
-    values = dict(locals())
     values.pop("config")
     values["regions"] = _regions(regions)
     values["quiet"] = common.state.quiet or None

@@ -83,8 +83,7 @@ def wrap_ddp(module: nn.Module, ctx: DistContext, *, sync_bn: bool = False) -> n
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DDP(module, device_ids=ids, output_device=ids[0] if ids else None,
-               broadcast_buffers=True)
+    return DDP(module, device_ids=ids, output_device=ids[0] if ids else None)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

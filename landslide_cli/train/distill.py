@@ -262,9 +262,12 @@ class DistillTask(TrainTask):
         out = {"student": self.opt_s.param_groups[0]["lr"]}
         if self.opt_d is not None:
             out["disc"] = self.opt_d.param_groups[0]["lr"]
-        if isinstance(self.weighting, UncertaintyWeighting):
-            out.update({f"w_{k}": v for k, v in self.weighting.current().items()})
         return out
+
+    def epoch_extras(self) -> dict[str, float]:
+        if isinstance(self.weighting, UncertaintyWeighting):
+            return {f"weight_{k}": v for k, v in self.weighting.current().items()}
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {

@@ -365,6 +365,10 @@ class TrainTask(ABC):
     @abstractmethod
     def lrs(self) -> dict[str, float]: ...
 
+    def epoch_extras(self) -> dict[str, float]:
+        """Further per-epoch values for metrics.csv (e.g. learned loss weights)."""
+        return {}
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (models, optimizers, schedules, scaler)."""
@@ -504,6 +508,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
             row.update({f"train_{k}": v for k, v in means.items()})
             row.update({f"lr_{k}": v for k, v in task.lrs().items()})
+            row.update(task.epoch_extras())
             row.update({f"val_{k}": v for k, v in val.items()})
             total_imgs = float(packed[-1])
             row.update({"img_per_s": total_imgs / max(train_seconds, 1e-9),
