@@ -40,12 +40,13 @@ from landslide_cli.predict.raster import (
 from landslide_cli.predict.vectors import (
     FootprintBuilder,
     GpkgWriter,
+    PolygonBatch,
     Polygonizer,
-    RawPolygon,
     Reprojector,
     SceneGeo,
 )
 from landslide_cli.predict.windows import GridLayout, Stitcher
+from landslide_cli.preprocess import InputSpec
 
 #: finished polygons are appended to the GeoPackage in chunks of this many
 WRITE_CHUNK = 5000
@@ -158,6 +159,23 @@ def _resolve_backend(model: Any, backend: str, device: str) -> Backend:
             raise LandslideError("model must be a path, a model name or an open Backend")
         return model  # an already-open Backend (or a stand-in implementing the protocol)
     return open_backend(model, backend=backend, device=device)
+
+
+def _peek_spec(model: Any) -> InputSpec | None:
+    """The input spec of a checkpoint from its header alone (cheap), to fail fast on band or
+    data-type mismatches before a model is built; ``None`` when it cannot be peeked."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        return getattr(model, "spec", None)
+    if str(model or "").lower().endswith(".onnx"):
+        return None
+    from landslide_cli.checkpoint import read_metadata
+    from landslide_cli.zoo.loading import resolve_model_path
+
+    try:
+        meta = read_metadata(resolve_model_path(model))
+        return meta.input_spec if meta.kind == "segmenter" else None
+    except LandslideError:
+        return None  # opening the backend reports it properly
 
 
 def _resolve_crs(crs: Any) -> Any:
@@ -310,6 +328,11 @@ def predict_scenes(
                           suffixes=(".tif", ".tiff"))
     out_crs = _resolve_crs(crs)
 
+    peeked = _peek_spec(model)
+    if peeked is not None:
+        for info in infos:
+            check_dtype(info, peeked, select_bands(info, peeked, band_list))
+
     be = _resolve_backend(model, backend, device)
     spec = be.spec
     fixed = getattr(be, "fixed_tile", None)
@@ -434,36 +457,43 @@ def _predict_scene(info: SceneInfo, label: str, indexes: list[int], be: Backend,
     summary = SceneSummary(scene=label, path=str(info.path), width=info.width,
                            height=info.height, crs=_crs_text(info.crs), bands=list(indexes))
     tol_px = simplify / geo.pixel_size_m if simplify > 0 and geo.pixel_size_m > 0 else 0.0
-    buffered: list[tuple[Any, float, float, float, float]] = []
+    buffered: list[dict[str, Any]] = []
+    pending = [0]
 
     def flush() -> None:
         if not buffered:
             return
-        n = len(buffered)
+        n = pending[0]
         ids = np.arange(next_id[0], next_id[0] + n, dtype=np.int64)
         next_id[0] += n
         rows = {
             "id": ids, "scene": [label] * n,
-            "area_m2": [b[1] for b in buffered], "perimeter_m": [b[2] for b in buffered],
-            "mean_prob": [b[3] for b in buffered], "max_prob": [b[4] for b in buffered],
+            **{k: np.concatenate([b[k] for b in buffered])
+               for k in ("area_m2", "perimeter_m", "mean_prob", "max_prob")},
         }
-        writer.append_landslides(rows, reproject(np.asarray([b[0] for b in buffered],
-                                                            dtype=object)))
+        geoms = np.concatenate([b["geometry"] for b in buffered])
+        writer.append_landslides(rows, reproject(geoms))
         buffered.clear()
+        pending[0] = 0
 
-    def emit(polys: list[RawPolygon]) -> None:
-        geoms = np.asarray([p.geom for p in polys], dtype=object)
+    def emit(polys: PolygonBatch) -> None:
+        geoms = polys.geoms
         if tol_px > 0:
             geoms = shapely.simplify(geoms, tol_px, preserve_topology=True)
         geoms = geo.to_crs(geoms)
         area, perim = geo.measure(geoms)
-        for p, g, a, length in zip(polys, geoms, area, perim, strict=True):
-            if a <= 0 or a < min_area or g.is_empty:
-                continue
-            buffered.append((g, float(a), float(length), p.mean_prob, p.prob_max))
-            summary.polygons += 1
-            summary.landslide_area_m2 += float(a)
-        if len(buffered) >= WRITE_CHUNK:
+        keep = (area > 0) & (area >= min_area) & ~shapely.is_empty(geoms)
+        if not keep.any():
+            return
+        buffered.append({
+            "geometry": geoms[keep], "area_m2": area[keep], "perimeter_m": perim[keep],
+            "mean_prob": polys.mean_prob[keep], "max_prob": polys.prob_max[keep],
+        })
+        kept = int(keep.sum())
+        pending[0] += kept
+        summary.polygons += kept
+        summary.landslide_area_m2 += float(area[keep].sum())
+        if pending[0] >= WRITE_CHUNK:
             flush()
 
     polygonizer = Polygonizer(info.width, threshold, emit)

@@ -43,8 +43,17 @@ def gdal_env(**options: Any) -> rasterio.Env:
 
 
 def _short(exc: BaseException) -> str:
+    """First line of the most specific message in an exception chain (GDAL's own text)."""
+    while exc.__cause__ is not None and str(exc.__cause__).strip():
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+#: GDAL's names of numpy data types (for the gdal_translate hint)
+GDAL_TYPE_NAMES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16",
+                   "uint32": "UInt32", "int32": "Int32", "float32": "Float32",
+                   "float64": "Float64"}
 
 
 @dataclass
@@ -161,8 +170,8 @@ def check_dtype(scene: SceneInfo, spec: InputSpec, indexes: list[int]) -> None:
             raise DataError(
                 f"{scene.name} band {i} is {have} but the model expects {spec.dtype} data "
                 f"({', '.join(spec.bands)} divided by {spec.scale:g}); convert the scene "
-                f"(e.g. gdal_translate -ot {spec.dtype.capitalize()} -scale) or use a model "
-                f"trained on {have} data"
+                f"(e.g. gdal_translate -ot {GDAL_TYPE_NAMES.get(spec.dtype, spec.dtype)} "
+                f"-scale ...) or use a model trained on {have} data"
             )
 
 

@@ -31,28 +31,49 @@ from landslide_cli.predict.windows import Block
 
 
 @dataclass
-class RawPolygon:
-    """A complete landslide in global pixel coordinates with its probability statistics."""
+class PolygonBatch:
+    """Complete landslides in global pixel coordinates with their probability statistics."""
 
-    geom: Any  # shapely Polygon
-    prob_sum: float
-    pixels: int
-    prob_max: float
+    geoms: np.ndarray  #: object array of shapely Polygons
+    prob_sum: np.ndarray  #: float64
+    pixels: np.ndarray  #: int64
+    prob_max: np.ndarray  #: float64
+
+    def __len__(self) -> int:
+        return len(self.geoms)
 
     @property
-    def mean_prob(self) -> float:
-        return self.prob_sum / max(self.pixels, 1)
+    def mean_prob(self) -> np.ndarray:
+        return self.prob_sum / np.maximum(self.pixels, 1)
+
+    def select(self, keep: np.ndarray) -> PolygonBatch:
+        return PolygonBatch(self.geoms[keep], self.prob_sum[keep], self.pixels[keep],
+                            self.prob_max[keep])
 
 
-def _block_shapes(mask: np.ndarray) -> list[Any]:
-    """Polygons (4-connected) of a boolean mask, in the mask's pixel coordinates."""
-    return [shapely.geometry.shape(g) for g, _ in
+def _block_shapes(mask: np.ndarray) -> list[dict[str, Any]]:
+    """GeoJSON polygons (4-connected) of a boolean mask, in the mask's pixel coordinates."""
+    return [g for g, _ in
             rasterio.features.shapes(mask.view(np.uint8), mask=mask, connectivity=4)]
 
 
-def _shift(geoms: list[Any], x0: int, y0: int) -> np.ndarray:
-    offset = np.array([x0, y0], dtype=np.float64)
-    return shapely.transform(np.asarray(geoms, dtype=object), lambda xy: xy + offset)
+def _to_shapely(polys: list[dict[str, Any]], x0: int = 0, y0: int = 0) -> np.ndarray:
+    """GeoJSON polygons -> object array of shapely Polygons shifted by ``(x0, y0)``.
+
+    One vectorized ``from_ragged_array`` call instead of a Python constructor per polygon.
+    """
+    if not polys:
+        return np.empty(0, dtype=object)
+    rings = [ring for g in polys for ring in g["coordinates"]]
+    ring_sizes = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
+    geom_sizes = np.fromiter((len(g["coordinates"]) for g in polys), dtype=np.int64,
+                             count=len(polys))
+    coords = np.array([pt for ring in rings for pt in ring], dtype=np.float64)
+    coords += (x0, y0)
+    ring_offsets = np.concatenate([[0], np.cumsum(ring_sizes)])
+    geom_offsets = np.concatenate([[0], np.cumsum(geom_sizes)])
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords,
+                                     (ring_offsets, geom_offsets))
 
 
 class _UnionFind:
@@ -85,16 +106,18 @@ class Polygonizer:
     """Polygonize thresholded blocks (added in row-major order) and merge across borders.
 
     Each block is polygonized on its own with ``rasterio.features.shapes``; the pieces are
-    rasterized back to a label image to get per-piece probability sums/maxima and to find the
-    pieces that are 4-adjacent across the left and top block borders, which a union-find joins.
-    After each row of blocks every group that does not reach the row's bottom edge is complete:
-    its pieces are dissolved (``shapely.union_all``, exact on integer coordinates, holes kept)
-    and handed to ``emit``. Only the label line under the current block row (``8 * width``
-    bytes) and the still-open pieces are kept between rows.
+    rasterized back to a label image to get per-piece probability sums/maxima. Pieces that do
+    not touch a border shared with another block are complete at once. The others are kept
+    with a union-find that joins pieces 4-adjacent across the left and top block borders
+    (compared on the label lines either side of the border). After each row of blocks every
+    group that does not reach the row's bottom edge is complete: its pieces are dissolved
+    (``shapely.union_all``, exact on integer pixel coordinates, holes kept). Between rows only
+    the label line under the current block row (``8 * width`` bytes) and the still-open
+    border pieces are kept.
     """
 
     def __init__(self, width: int, threshold: float,
-                 emit: Callable[[list[RawPolygon]], None]) -> None:
+                 emit: Callable[[PolygonBatch], None]) -> None:
         self.width = width
         self.threshold = float(threshold)
         self.emit = emit
@@ -117,10 +140,10 @@ class Polygonizer:
         fg = self.foreground(block)
         labels = np.zeros((h, w), dtype=np.int64)
         if fg.any():
-            geoms = _block_shapes(fg)
-            n = len(geoms)
+            polys = _block_shapes(fg)
+            n = len(polys)
             local = rasterio.features.rasterize(
-                zip(geoms, range(1, n + 1), strict=True), out_shape=(h, w), fill=0,
+                zip(polys, range(1, n + 1), strict=True), out_shape=(h, w), fill=0,
                 dtype="int32")
             npx = int(np.count_nonzero(fg))
             if int(np.count_nonzero(local)) != npx:  # pragma: no cover - GDAL invariant
@@ -128,21 +151,34 @@ class Polygonizer:
             self.pixels += npx
             lab = local[fg]
             prob = block.prob[fg].astype(np.float64)
-            sums = np.bincount(lab, weights=prob, minlength=n + 1)
-            counts = np.bincount(lab, minlength=n + 1)
+            sums = np.bincount(lab, weights=prob, minlength=n + 1)[1:]
+            counts = np.bincount(lab, minlength=n + 1)[1:]
             order = np.argsort(lab, kind="stable")
             lab_s, prob_s = lab[order], prob[order]
             starts = np.flatnonzero(np.r_[True, lab_s[1:] != lab_s[:-1]])
             maxs = np.zeros(n + 1)
             maxs[lab_s[starts]] = np.maximum.reduceat(prob_s, starts)
+            maxs = maxs[1:]
+            geoms = _to_shapely(polys, block.x0, block.y0)
+            # pieces on a border shared with another block may continue there
+            edges = [local[0, :] if block.row > 0 else None,
+                     local[-1, :] if not block.last_row else None,
+                     local[:, 0] if block.col > 0 else None,
+                     local[:, -1] if not block.last_col else None]
+            on_border = np.zeros(n + 1, bool)
+            for edge in edges:
+                if edge is not None:
+                    on_border[edge] = True
+            on_border = on_border[1:]
+            inner = ~on_border
+            if inner.any():
+                self.emit(PolygonBatch(geoms[inner], sums[inner], counts[inner], maxs[inner]))
             base = self._next_id - 1
             self._next_id += n
-            moved = _shift(geoms, block.x0, block.y0)
-            for k in range(1, n + 1):
-                gid = base + k
+            for k in np.flatnonzero(on_border):
+                gid = base + int(k) + 1
                 self._uf.add(gid)
-                self._pieces[gid] = (moved[k - 1], float(sums[k]), int(counts[k]),
-                                     float(maxs[k]))
+                self._pieces[gid] = (geoms[k], float(sums[k]), int(counts[k]), float(maxs[k]))
             labels[fg] = lab + base
         if block.col > 0 and self._right is not None:
             self._join(self._right, labels[:, 0])
@@ -170,20 +206,24 @@ class Polygonizer:
             root = self._uf.find(gid)
             if root not in open_roots:
                 groups.setdefault(root, []).append(gid)
-        done: list[RawPolygon] = []
+        geoms, sums, counts, maxs = [], [], [], []
         for ids in groups.values():
             parts = [self._pieces.pop(i) for i in ids]
             geom = parts[0][0] if len(parts) == 1 else shapely.union_all([p[0] for p in parts])
-            stats = (sum(p[1] for p in parts), sum(p[2] for p in parts),
-                     max(p[3] for p in parts))
             self._uf.discard(ids)
             for poly in _polygons(geom):
-                done.append(RawPolygon(poly, *stats))
+                geoms.append(poly)
+                sums.append(sum(p[1] for p in parts))
+                counts.append(sum(p[2] for p in parts))
+                maxs.append(max(p[3] for p in parts))
         self._bottom_prev, self._bottom_cur = self._bottom_cur, self._bottom_prev
         self._bottom_cur[:] = 0
         self._right = None
-        if done:
-            self.emit(done)
+        if geoms:
+            arr = np.empty(len(geoms), dtype=object)
+            arr[:] = geoms
+            self.emit(PolygonBatch(arr, np.asarray(sums, np.float64),
+                                   np.asarray(counts, np.int64), np.asarray(maxs, np.float64)))
 
 
 def _polygons(geom: Any) -> list[Any]:
@@ -211,8 +251,7 @@ class FootprintBuilder:
             self.valid_pixels += h * w
         elif block.valid.any():
             self.valid_pixels += int(np.count_nonzero(block.valid))
-            parts = _block_shapes(block.valid)
-            self._row.extend(_shift(parts, block.x0, block.y0))
+            self._row.extend(_to_shapely(_block_shapes(block.valid), block.x0, block.y0))
         if block.last_col and self._row:
             self._rows.append(shapely.union_all(self._row))
             self._row = []
@@ -252,7 +291,9 @@ class SceneGeo:
             from pyproj import CRS as ProjCRS
             from pyproj import Transformer
 
-            lon, lat = transform * (width / 2.0, height / 2.0)
+            t = transform
+            lon = t.a * width / 2.0 + t.b * height / 2.0 + t.c
+            lat = t.d * width / 2.0 + t.e * height / 2.0 + t.f
             laea = ProjCRS.from_proj4(
                 f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +x_0=0 +y_0=0 "
                 "+ellps=WGS84 +units=m +no_defs")
@@ -410,6 +451,7 @@ class GpkgWriter:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
+                warnings.simplefilter("ignore", UserWarning)  # e.g. "'crs' was not provided"
                 pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", **kw)
         except Exception as exc:
             raise LandslideError(f"cannot write {self.target}: {_first(exc)}") from None
