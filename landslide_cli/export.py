@@ -472,6 +472,9 @@ def _parity(module: nn.Module, payload: bytes, spec: InputSpec, device: torch.de
     random_batch = gen.standard_normal((n, spec.num_bands, spec.tile, spec.tile),
                                        dtype=np.float32)
     result.random_max_diff = _max_diff(module, session, random_batch, device, dynamic_batch)
+    if not result.passed:  # failed already: no need to read real tiles
+        result.real_note = "skipped (random-input parity failed)"
+        return result
 
     tiles, sources, note = _real_tiles(spec, parity_data)
     result.real_sources, result.real_note = sources, note

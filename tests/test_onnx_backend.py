@@ -182,3 +182,68 @@ def test_threads_and_session_options(onnx_path):
     opts = default.session.get_session_options()
     assert opts.intra_op_num_threads == cpu_cores()
     assert "onnx" in default.describe() and "CPUExecutionProvider" in default.describe()
+
+
+def test_predict_same_geopackage_torch_vs_onnx(shared_data, ckpt, tmp_path, run_cli):
+    """Issue requirement: both backends give the same GeoPackage on a real scene."""
+    import pyogrio
+    import rasterio
+    from rasterio.windows import Window
+
+    from landslide_cli.backends import TorchBackend
+    from landslide_cli.export import export_onnx
+    from landslide_cli.predict import predict_scenes
+
+    onnx_path = export_onnx(ckpt, tmp_path / "t128.onnx", tile=128, check_parity=False).path
+
+    scene = shared_data / "scenes" / "hokkaido_iburi_2018_rgb.tif"
+    crop = tmp_path / "crop.tif"
+    with rasterio.open(scene) as src:  # a 512x384 piece keeps the test fast
+        window = Window(800, 400, 512, 384)
+        profile = {**src.profile, "width": 512, "height": 384,
+                   "transform": src.window_transform(window), "tiled": False}
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        data = src.read(window=window)
+    with rasterio.open(crop, "w", **profile) as dst:
+        dst.write(data)
+    # a random-init model has no meaningful 0.5 threshold: use its 80th percentile on the crop
+    torch_b = TorchBackend(ckpt, device="cpu")
+    probs = torch_b.predict(torch_b.spec.normalize(data[None]))
+    thr = round(float(np.quantile(probs, 0.8)), 3)
+
+    ref = predict_scenes(crop, tmp_path / "torch.gpkg", model=torch_b, threshold=thr,
+                         tile=128, progress=False)
+    res = run_cli("predict", crop, "--model", onnx_path, "--backend", "onnx", "--device", "cpu",
+                  "--threshold", str(thr), "--out", tmp_path / "onnx.gpkg", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert '"backend": "onnx"' in res.stdout and "CPUExecutionProvider" in res.stdout
+    a = pyogrio.read_dataframe(tmp_path / "torch.gpkg", layer="landslides")
+    b = pyogrio.read_dataframe(tmp_path / "onnx.gpkg", layer="landslides")
+    assert len(a) == ref.polygons >= 20  # enough polygons for the comparison to mean something
+    assert len(b) == len(a)
+    assert abs(b.area.sum() - a.area.sum()) <= 0.005 * a.area.sum()
+    assert abs(b["area_m2"].sum() - a["area_m2"].sum()) <= 0.005 * a["area_m2"].sum()
+
+
+def test_predict_cli_bad_onnx_models(shared_data, ckpt, tmp_path, run_cli):
+    scene = shared_data / "scenes" / "hokkaido_iburi_2018_rgb.tif"
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    foreign = _foreign_onnx(tmp_path / "foreign.onnx")
+    for model, message in [(text, "not a valid ONNX model"),
+                           (foreign, "not a landslide ONNX model: metadata missing"),
+                           (ckpt, "is a checkpoint, not an ONNX model")]:
+        res = run_cli("predict", scene, "--model", model, "--backend", "onnx",
+                      "--out", tmp_path / "x.gpkg")
+        assert res.exit_code == 1, model
+        assert message in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_predict_cli_tile_mismatch(shared_data, onnx_path, tmp_path, run_cli):
+    scene = shared_data / "scenes" / "hokkaido_iburi_2018_rgb.tif"
+    res = run_cli("predict", scene, "--model", onnx_path, "--tile", "128",
+                  "--out", tmp_path / "x.gpkg")
+    assert res.exit_code == 1
+    assert f"{TILE}x{TILE}" in res.stderr and "Traceback" not in res.stderr
