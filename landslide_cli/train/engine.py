@@ -189,10 +189,35 @@ class EpochLoader:
         return self.loader
 
 
-def eval_loader(dataset: Dataset, *, batch_size: int, ctx: DistContext,
-                num_workers: int = 0) -> DataLoader:
-    """In-order loader over this process's shard (no padding, no duplicates)."""
+class _SizeGroupedBatches(Sampler[list[int]]):
+    """Batches of indices whose items share one shape (tiles of different sizes)."""
+
+    def __init__(self, indices: list[int], shapes: list[tuple[int, int]],
+                 batch_size: int) -> None:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in indices:
+            groups.setdefault(tuple(shapes[i]), []).append(i)  # type: ignore[arg-type]
+        self.batches = [idx[j:j + batch_size] for idx in groups.values()
+                        for j in range(0, len(idx), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def eval_loader(dataset: Dataset, *, batch_size: int, ctx: DistContext, num_workers: int = 0,
+                shapes: list[tuple[int, int]] | None = None) -> DataLoader:
+    """In-order loader over this process's shard (no padding, no duplicates).
+
+    With ``shapes`` (one ``(H, W)`` per item) batches only group items of equal size, so
+    native-size tiles of different sizes can be validated with ``batch_size > 1``.
+    """
     sampler = _Shard(len(dataset), ctx.rank, ctx.world_size)  # type: ignore[arg-type]
+    if shapes is not None and batch_size > 1:
+        batches = _SizeGroupedBatches(sampler.indices, shapes, batch_size)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
 
@@ -416,8 +441,6 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
         if (run_dir / STATE_FILE).exists() or (run_dir / CONFIG_FILE).exists():
             raise LandslideError(f"--out {run_dir} already holds a run; continue it with "
                                  f"--resume {run_dir} or choose another folder")
-    if not run_dir.parent.exists():
-        raise LandslideError(f"--out {run_dir}: parent folder {run_dir.parent} does not exist")
     return run_dir
 
 
@@ -453,7 +476,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
         if start_epoch >= cfg.epochs and main:
             _say(show, f"run {run_dir} already finished {start_epoch} epochs")
     elif main:
-        run_dir.mkdir(parents=False, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / CONFIG_FILE)
     ctx.barrier()
 

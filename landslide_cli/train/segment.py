@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -75,6 +76,7 @@ class SegmentTask(TrainTask):
             self.val_dataset = SegmentationDataset(val_tiles, spec, augment=None,
                                                    size=cfg.val_size)
             self.regions = list(val_tiles.regions)
+        self._val_shapes: list[tuple[int, int]] | None = None
         self.last_val: dict[str, Any] = {}
         self.best_val: dict[str, Any] = {}
 
@@ -132,31 +134,28 @@ class SegmentTask(TrainTask):
         bins = cfg.threshold_bins
         model = self.model_module
         model.eval()
-        region_index = {r: i for i, r in enumerate(self.regions)}
-        hist = torch.zeros(len(self.regions), 2 * bins, dtype=torch.int64, device=dev)
+        per_region = {r: PRHistogram(bins) for r in self.regions}
         loader = eval_loader(self.val_dataset, batch_size=cfg.val_batch_size, ctx=self.ctx,
-                             num_workers=min(cfg.num_workers, 2))
+                             num_workers=min(cfg.num_workers, 2), shapes=self.val_shapes())
         for batch in loader:
             x = batch["image"].to(dev, non_blocking=True)
-            y = batch["mask"].to(dev, non_blocking=True)
-            valid = batch.get("valid")
-            valid = valid.to(dev) if valid is not None else torch.ones_like(y, dtype=torch.bool)
             with autocast(dev, self.dtype):
                 logits = model(x)
-            prob = torch.softmax(logits.float(), dim=1)[:, 1]
-            idx = (prob * bins).long().clamp_(0, bins - 1) + bins * (y != 0).long()
+            prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu()
+            y = batch["mask"]
+            valid = batch.get("valid")
             for i, region in enumerate(batch["region"]):
-                counts = torch.bincount(idx[i][valid[i]], minlength=2 * bins)
-                hist[region_index[region]] += counts
-        hist = self.ctx.all_reduce_sum(hist).cpu().numpy()
-
-        per_region: dict[str, PRHistogram] = {}
+                per_region[region].update(prob[i], y[i], None if valid is None else valid[i])
+        if self.ctx.distributed:  # sum the histograms of all processes
+            packed = torch.from_numpy(np.stack([np.concatenate([h.pos, h.neg])
+                                                for h in per_region.values()]))
+            packed = self.ctx.all_reduce_sum(packed).numpy()
+            for row, h in zip(packed, per_region.values(), strict=True):
+                n = h.pos.shape[0]
+                h.pos[:] = row[:n]
+                h.neg[:] = row[n:]
         total = PRHistogram(bins)
-        for r, i in region_index.items():
-            h = PRHistogram(bins)
-            h.neg += hist[i, :bins]
-            h.pos += hist[i, bins:]
-            per_region[r] = h
+        for h in per_region.values():
             total += h
         best = total.best_f1()
         threshold = best["threshold"] if total.pos.sum() > 0 else 0.5
@@ -182,6 +181,16 @@ class SegmentTask(TrainTask):
                          "per_region": regions, "epoch": epoch,
                          "tiles": len(self.val_dataset)}  # type: ignore[arg-type]
         return out
+
+    def val_shapes(self) -> list[tuple[int, int]] | None:
+        """Native tile sizes (read once from the headers) for size-grouped batching."""
+        if self.cfg.val_batch_size <= 1 or self.cfg.val_size is not None:
+            return None
+        if self._val_shapes is None:
+            tiles = self.val_tiles
+            self._val_shapes = [tuple(tiles.reader.image_info(s)[1:3])  # type: ignore[misc]
+                                for s in tiles.samples]
+        return self._val_shapes
 
     def lrs(self) -> dict[str, float]:
         return {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.opt.param_groups)}

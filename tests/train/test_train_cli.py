@@ -66,7 +66,8 @@ def test_segment_from_distilled_init_loads_everywhere(run_cli, distilled, tiny_t
 
     run = tmp_path / "seg"
     res = run_cli("train", "segment", "--data", tiny_tiles, "--out", run, "--epochs", "2",
-                  "--init", distilled / "last.safetensors", *TINY_SEGMENT)
+                  "--init", distilled / "last.safetensors", *TINY_SEGMENT,
+                  "--val-batch-size", "2")
     assert res.exit_code == 0, res.stderr
     assert "best: " in res.stdout and "last: " in res.stdout
     for name in ("last", "best"):
@@ -84,6 +85,27 @@ def test_segment_from_distilled_init_loads_everywhere(run_cli, distilled, tiny_t
         assert meta.training["dataset"]["tiles"] == 4
         out = loaded.model(torch.zeros(1, 3, 40, 56))
         assert out.shape == (1, 2, 40, 56)
+    # validation metrics in the checkpoint = metrics recomputed tile by tile from its weights
+    from landslide_cli.data import SegmentationDataset, open_dataset
+    from landslide_cli.metrics import RegionalMetrics
+
+    best = load_model(run / "best.safetensors")
+    tiles = open_dataset("folder", tiny_tiles, split="all")
+    ds = SegmentationDataset(tiles, best.meta.input_spec)
+    ref = RegionalMetrics()
+    with torch.no_grad():
+        for i in range(len(ds)):
+            item = ds[i]
+            prob = best.model.predict_proba(item["image"][None])[0]
+            ref.update(prob >= 0.5, item["mask"], item["region"])
+    expected = ref.compute()
+    val = best.meta.metrics["val"]
+    assert val["overall"]["iou"] == pytest.approx(expected["overall"]["iou"], abs=1e-3)
+    assert val["overall"]["oa"] == pytest.approx(expected["overall"]["oa"], abs=1e-3)
+    for region in ("alpha", "beta"):
+        assert val["per_region"][region]["iou"] == pytest.approx(
+            expected["per_region"][region]["iou"], abs=1e-3)
+    assert val["per_region"]["beta"]["pixels"] == 80 * 72 + 64 * 64
     backend = open_backend(run / "best.safetensors", backend="torch", device="cpu")
     assert backend.predict(torch.zeros(1, 3, 64, 64).numpy()).shape == (1, 64, 64)
     # the backbone really came from phase 1 (segment LR is tiny: weights barely move)
