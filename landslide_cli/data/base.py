@@ -209,7 +209,7 @@ class TileSet(Sequence[Sample]):
         self.split = split or SplitInfo()
         #: band indices chosen when the set was opened (``None``: every band of the file)
         self.bands: list[int] | None = list(bands) if bands else None
-        #: ``(file or key, reason)`` for every sample left out by ``skip_bad``
+        #: ``(region or key, reason)`` for every sample left out by ``skip_bad``
         self.skipped: list[tuple[str, str]] = list(skipped)
         self._spec_hint = spec_hint
 
@@ -356,7 +356,7 @@ class Listing:
 
     samples: list[Sample]
     reader: Reader
-    #: ``(file, reason)`` for unpaired images/masks and ambiguous stems
+    #: ``(region, reason)`` for unpaired images/masks and ambiguous stems
     problems: list[tuple[str, str]] = field(default_factory=list)
     default_split_mode: str = "random"
     spec_hint: InputSpec | Callable[[TileSet], InputSpec] | None = None

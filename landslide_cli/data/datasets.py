@@ -47,8 +47,8 @@ MASK_DIRS = ("mask", "masks")
 # ------------------------------------------------------------------------------ file pairing
 
 
-def _index(folder: Path, suffixes: frozenset[str],
-           problems: list[tuple[str, str]]) -> dict[str, Path]:
+def _index(folder: Path, suffixes: frozenset[str], problems: list[tuple[str, str]],
+           region: str) -> dict[str, Path]:
     """``stem -> path`` for files in ``folder`` with a known suffix (ambiguous stems reported)."""
     found: dict[str, Path] = {}
     if not folder.is_dir():
@@ -61,7 +61,7 @@ def _index(folder: Path, suffixes: frozenset[str],
             continue
         stem = nfc(path.stem)
         if stem in found:
-            problems.append((str(path), f"{path}: two files with stem {stem!r} "
+            problems.append((region, f"{path}: two files with stem {stem!r} "
                                         f"({found[stem].name}, {name})"))
             continue
         found[stem] = path
@@ -75,12 +75,12 @@ def pair_by_stem(img_dir: Path, mask_dir: Path | None, region: str, *,
     """Pair ``img_dir/<stem>.*`` with ``mask_dir/<mask_stem(stem)>.*``.
 
     ``mask_dir=None`` means the images have no masks (all background). Unpaired images and
-    masks are appended to ``problems`` as ``(file, message)``.
+    masks are appended to ``problems`` as ``(region, message)``.
     """
-    images = _index(img_dir, suffixes, problems)
+    images = _index(img_dir, suffixes, problems, region)
     if mask_dir is None:
         return [Sample(p, None, region, stem) for stem, p in sorted(images.items())]
-    masks = _index(mask_dir, suffixes, problems)
+    masks = _index(mask_dir, suffixes, problems, region)
     samples, used = [], set()
     for stem, path in sorted(images.items()):
         mstem = mask_stem(stem)
@@ -88,10 +88,10 @@ def pair_by_stem(img_dir: Path, mask_dir: Path | None, region: str, *,
             samples.append(Sample(path, masks[mstem], region, stem))
             used.add(mstem)
         else:
-            problems.append((str(path), f"no mask for image {path} "
+            problems.append((region, f"no mask for image {path} "
                                         f"(looked for {mask_dir / mstem}.*)"))
     for mstem in sorted(set(masks) - used):
-        problems.append((str(masks[mstem]), f"mask {masks[mstem]} has no image in {img_dir}"))
+        problems.append((region, f"mask {masks[mstem]} has no image in {img_dir}"))
     return samples
 
 
@@ -339,8 +339,12 @@ def open_dataset(
     else:
         band_list = _parse_bands(bands)
         listing = entry.builder(root, bands=band_list)
-    _report_problems(listing.problems, skip_bad, str(root))
-    skipped = [(f, msg) for f, msg in listing.problems] if skip_bad else []
+    all_regions = sorted({s.region for s in listing.samples} | {r for r, _ in listing.problems})
+    keep = set(match_regions(regions, all_regions))
+    # problems of regions that are not evaluated do not matter
+    problems = [(r, msg) for r, msg in listing.problems if r in keep]
+    _report_problems(problems, skip_bad, str(root))
+    skipped = list(problems) if skip_bad else []
     if not listing.samples:
         raise DataError(f"no {entry.name} tiles found under {root}")
     mode = SPLIT_MODES.resolve(split_mode or listing.default_split_mode)
@@ -374,8 +378,6 @@ def open_dataset(
             skipped += [(k, "listed in the split file but not found") for k in missing]
         chosen = sorted((by_key[k] for k in keys if k in by_key), key=lambda s: s.key)
 
-    all_regions = sorted({s.region for s in listing.samples})
-    keep = set(match_regions(regions, all_regions))
     chosen = [s for s in chosen if s.region in keep]
 
     info = SplitInfo(split=split, mode=assignment.mode if assignment else mode,
