@@ -20,8 +20,8 @@ def command(
     fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and compute (inputs and "
                               "outputs stay float32)."),
     tile: int | None = typer.Option(None, "--tile", min=32, show_default=False,
-                                    help="Tile size baked into the graph [default: the "
-                                         "checkpoint's tile]."),
+                                    help="Tile size baked into the graph (default: the "
+                                         "checkpoint's tile)."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
                                        help="Dynamic batch axis, or batch fixed to 1."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
@@ -29,8 +29,8 @@ def command(
                                 help="Compare ONNX Runtime with PyTorch before writing."),
     parity_data: Path | None = typer.Option(
         None, "--parity-data", show_default=False,
-        help="Image or folder of real tiles for the parity check [default: "
-             "../shared/data/landslides when present]."),
+        help="Image or folder of real tiles for the parity check (default: "
+             "../shared/data/landslides when present)."),
     exporter: str = typer.Option("torchscript", "--exporter",
                                  help="torch.onnx exporter: torchscript or dynamo."),
     device: str = typer.Option("cpu", "--device", help="Device for tracing and the PyTorch "
