@@ -44,10 +44,10 @@ def _parse_kv(items: list[str] | None, flag: str) -> dict[str, Any] | None:
     return out
 
 
-def _regions(text: str | None) -> list[str] | None:
-    if text is None:
+def _regions(items: list[str] | None) -> list[str] | None:
+    if not items:
         return None
-    return [r.strip() for r in text.split(",") if r.strip()]
+    return [r.strip() for item in items for r in item.split(",") if r.strip()]
 
 
 def _report(result: Any, phase: str) -> None:
@@ -66,22 +66,25 @@ def _report(result: Any, phase: str) -> None:
 
 @app.command("distill")
 def distill(
-    data: Path = _opt("--data", "-d", help="Data set root folder.", panel=_DATA),
-    dataset: str = _opt("--dataset", help="Data set layout: folder, cas, bijie, "
-                        "landslide4sense [default: folder].", panel=_DATA),
+    data: Path = _opt("--root", "--data", help="Data set root folder.", panel=_DATA),
+    dataset: str = _opt("--dataset", "-d", help="Data set layout: folder, cas, bijie, "
+                        "landslide4sense (default: folder).", panel=_DATA),
+    skip_bad: bool = _opt("--skip-bad/--no-skip-bad", help="Skip unpaired or malformed "
+                          "tiles with a warning.", panel=_DATA),
     split_file: Path = _opt("--split-file", help="JSON split file (created if missing).",
                             panel=_DATA),
     split_mode: str = _opt("--split-mode", help="random, blocked or official.", panel=_DATA),
-    split_seed: int = _opt("--split-seed", help="Seed of the split [default: 0].", panel=_DATA),
+    split_seed: int = _opt("--split-seed", help="Seed of the split (default: 0).", panel=_DATA),
     train_split: str = _opt("--train-split", help="Split to distil on: train, val, test, all "
-                            "[default: train].", panel=_DATA),
-    regions: str = _opt("--regions", help="Comma-separated regions to keep.", panel=_DATA),
-    size: int = _opt("--size", help="Random-crop size [default: 512].", panel=_DATA),
-    color_jitter: float = _opt("--color-jitter", help="Colour jitter strength [default: 0].",
+                            "(default: train).", panel=_DATA),
+    regions: list[str] = _opt("--regions", "--region", help="Regions (sub-datasets) to "
+                              "keep; repeat or separate with commas.", panel=_DATA),
+    size: int = _opt("--size", help="Random-crop size (default: 512).", panel=_DATA),
+    color_jitter: float = _opt("--color-jitter", help="Colour jitter strength (default: 0).",
                                panel=_DATA),
-    scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength [default: 0].",
+    scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength (default: 0).",
                                panel=_DATA),
-    num_workers: int = _opt("--num-workers", help="DataLoader workers [default: 4].",
+    num_workers: int = _opt("--num-workers", help="DataLoader workers (default: 4).",
                             panel=_DATA),
     out: Path = _opt("--out", "-o", help="Run folder (checkpoints, config.yaml, metrics.csv).",
                      panel=_RUN),
@@ -89,16 +92,16 @@ def distill(
     resume: Path = _opt("--resume", help="Continue the run in this folder.", panel=_RUN),
     stop_after: int = _opt("--stop-after", help="Stop (resumably) after N epochs in this call.",
                            panel=_RUN),
-    device: str = _opt("--device", help="auto, cpu, cuda or cuda:N [default: auto].",
+    device: str = _opt("--device", help="auto, cpu, cuda or cuda:N (default: auto).",
                        panel=_RUN),
-    amp: str = _opt("--amp", help="Mixed precision on CUDA: bf16, fp16, off [default: bf16].",
+    amp: str = _opt("--amp", help="Mixed precision on CUDA: bf16, fp16, off (default: bf16).",
                     panel=_RUN),
-    seed: int = _opt("--seed", help="Random seed [default: 0].", panel=_RUN),
+    seed: int = _opt("--seed", help="Random seed (default: 0).", panel=_RUN),
     log_every: int = _opt("--log-every", help="Progress update interval in steps.",
                           panel=_RUN),
     tensorboard: bool = _opt("--tensorboard/--no-tensorboard",
                              help="Also log to TensorBoard (if installed).", panel=_RUN),
-    teacher: str = _opt("--teacher", help="Teacher [default: vit_base_patch14_dinov2].",
+    teacher: str = _opt("--teacher", help="Teacher (default: vit_base_patch14_dinov2).",
                         panel=_MODEL),
     pretrained_teacher: bool = typer.Option(False, "--pretrained-teacher",
                                             help="Pretrained teacher weights via timm "
@@ -113,7 +116,10 @@ def distill(
     teacher_arg: list[str] = _opt("--teacher-arg", help="timm override KEY=VALUE for the "
                                   "teacher (repeatable), e.g. depth=2.", panel=_MODEL),
     backbone: str = _opt("--backbone", "--student", help="Student backbone "
-                         "[default: pvt_v2_b0].", panel=_MODEL),
+                         "(default: pvt_v2_b0).", panel=_MODEL),
+    student_pretrained: bool = _opt("--student-pretrained/--student-random",
+                                    help="Start the student from timm (ImageNet) weights "
+                                         "(default: random).", panel=_MODEL),
     student_weights: Path = _opt("--student-weights", help="Start the student from this "
                                  "timm weights file.", panel=_MODEL),
     discriminator: str = _opt("--discriminator", help="Discriminator ViT (default: the "
@@ -121,36 +127,36 @@ def distill(
     discriminator_weights: Path = _opt("--discriminator-weights",
                                        help="Weights of a separate discriminator ViT.",
                                        panel=_MODEL),
-    d_levels: int = _opt("--d-levels", help="Discriminator ViT levels [default: 4].",
+    d_levels: int = _opt("--d-levels", help="Discriminator ViT levels (default: 4).",
                          panel=_MODEL),
-    d_head_width: int = _opt("--d-head-width", help="Discriminator head width [default: 128].",
+    d_head_width: int = _opt("--d-head-width", help="Discriminator head width (default: 128).",
                              panel=_MODEL),
     method: str = _opt("--method", help="kd (KL only) or kda (KL + adversarial) "
-                       "[default: kda]."),
+                       "(default: kda)."),
     loss_weighting: str = _opt("--loss-weighting", help="fixed (0.6/0.4) or adaptive "
-                               "(learned uncertainty) [default: fixed]."),
+                               "(learned uncertainty) (default: fixed)."),
     align: str = _opt("--align", help="last, or intermediate (also a middle stage) "
-                      "[default: last]."),
+                      "(default: last)."),
     mid_stage: int = _opt("--mid-stage", help="Student stage for --align intermediate "
-                          "[default: 2]."),
+                          "(default: 2)."),
     mid_level: int = _opt("--mid-level", help="Teacher level for --align intermediate "
-                          "[default: middle]."),
-    tau: float = _opt("--tau", help="KL temperature [default: 5]."),
-    kl_weight: float = _opt("--kl-weight", help="Weight of the KL term [default: 0.6]."),
+                          "(default: middle)."),
+    tau: float = _opt("--tau", help="KL temperature (default: 5)."),
+    kl_weight: float = _opt("--kl-weight", help="Weight of the KL term (default: 0.6)."),
     adv_weight: float = _opt("--adv-weight", help="Weight of the adversarial term "
-                             "[default: 0.4]."),
-    epochs: int = _opt("--epochs", help="Epochs [default: 200]."),
-    batch_size: int = _opt("--batch-size", "-b", help="Batch size per process [default: 8]."),
-    lr: float = _opt("--lr", help="Student learning rate [default: 5e-5]."),
-    lr_final: float = _opt("--lr-final", help="Final student learning rate [default: 5e-8]."),
-    d_lr: float = _opt("--d-lr", help="Discriminator learning rate [default: 5e-6]."),
+                             "(default: 0.4)."),
+    epochs: int = _opt("--epochs", help="Epochs (default: 200)."),
+    batch_size: int = _opt("--batch-size", "-b", help="Batch size per process (default: 8)."),
+    lr: float = _opt("--lr", help="Student learning rate (default: 5e-5)."),
+    lr_final: float = _opt("--lr-final", help="Final student learning rate (default: 5e-8)."),
+    d_lr: float = _opt("--d-lr", help="Discriminator learning rate (default: 5e-6)."),
     d_lr_final: float = _opt("--d-lr-final", help="Final discriminator learning rate "
-                             "[default: 5e-9]."),
+                             "(default: 5e-9)."),
     weighting_lr: float = _opt("--weighting-lr", help="LR of adaptive loss weights "
-                               "[default: 1e-3]."),
-    weight_decay: float = _opt("--weight-decay", help="AdamW weight decay [default: 0.01]."),
-    schedule: str = _opt("--schedule", help="cosine or poly [default: cosine]."),
-    warmup_steps: int = _opt("--warmup-steps", help="Linear warm-up steps [default: 0]."),
+                               "(default: 1e-3)."),
+    weight_decay: float = _opt("--weight-decay", help="AdamW weight decay (default: 0.01)."),
+    schedule: str = _opt("--schedule", help="cosine or poly (default: cosine)."),
+    warmup_steps: int = _opt("--warmup-steps", help="Linear warm-up steps (default: 0)."),
     grad_clip: float = _opt("--grad-clip", help="Clip gradient norm to this value."),
 ) -> None:
     """Phase 1: distil a frozen DINOv2 teacher into a PVT student (KDA)."""
@@ -173,28 +179,31 @@ def distill(
 
 @app.command("segment")
 def segment(
-    data: Path = _opt("--data", "-d", help="Data set root folder.", panel=_DATA),
-    dataset: str = _opt("--dataset", help="Data set layout: folder, cas, bijie, "
-                        "landslide4sense [default: folder].", panel=_DATA),
+    data: Path = _opt("--root", "--data", help="Data set root folder.", panel=_DATA),
+    dataset: str = _opt("--dataset", "-d", help="Data set layout: folder, cas, bijie, "
+                        "landslide4sense (default: folder).", panel=_DATA),
+    skip_bad: bool = _opt("--skip-bad/--no-skip-bad", help="Skip unpaired or malformed "
+                          "tiles with a warning.", panel=_DATA),
     split_file: Path = _opt("--split-file", help="JSON split file (created if missing).",
                             panel=_DATA),
     split_mode: str = _opt("--split-mode", help="random, blocked or official.", panel=_DATA),
-    split_seed: int = _opt("--split-seed", help="Seed of the split [default: 0].", panel=_DATA),
-    train_split: str = _opt("--train-split", help="Training split [default: train].",
+    split_seed: int = _opt("--split-seed", help="Seed of the split (default: 0).", panel=_DATA),
+    train_split: str = _opt("--train-split", help="Training split (default: train).",
                             panel=_DATA),
-    val_split: str = _opt("--val-split", help="Validation split, or none [default: val].",
+    val_split: str = _opt("--val-split", help="Validation split, or none (default: val).",
                           panel=_DATA),
-    regions: str = _opt("--regions", help="Comma-separated regions to keep.", panel=_DATA),
-    size: int = _opt("--size", help="Training random-crop size [default: 512].", panel=_DATA),
+    regions: list[str] = _opt("--regions", "--region", help="Regions (sub-datasets) to "
+                              "keep; repeat or separate with commas.", panel=_DATA),
+    size: int = _opt("--size", help="Training random-crop size (default: 512).", panel=_DATA),
     val_size: int = _opt("--val-size", help="Validate on centre crops of this size "
-                         "[default: native tiles].", panel=_DATA),
-    val_batch_size: int = _opt("--val-batch-size", help="Validation batch size [default: 1].",
+                         "(default: native tiles).", panel=_DATA),
+    val_batch_size: int = _opt("--val-batch-size", help="Validation batch size (default: 1).",
                                panel=_DATA),
-    color_jitter: float = _opt("--color-jitter", help="Colour jitter strength [default: 0].",
+    color_jitter: float = _opt("--color-jitter", help="Colour jitter strength (default: 0).",
                                panel=_DATA),
-    scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength [default: 0].",
+    scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength (default: 0).",
                                panel=_DATA),
-    num_workers: int = _opt("--num-workers", help="DataLoader workers [default: 4].",
+    num_workers: int = _opt("--num-workers", help="DataLoader workers (default: 4).",
                             panel=_DATA),
     out: Path = _opt("--out", "-o", help="Run folder (checkpoints, config.yaml, metrics.csv).",
                      panel=_RUN),
@@ -202,23 +211,23 @@ def segment(
     resume: Path = _opt("--resume", help="Continue the run in this folder.", panel=_RUN),
     stop_after: int = _opt("--stop-after", help="Stop (resumably) after N epochs in this call.",
                            panel=_RUN),
-    device: str = _opt("--device", help="auto, cpu, cuda or cuda:N [default: auto].",
+    device: str = _opt("--device", help="auto, cpu, cuda or cuda:N (default: auto).",
                        panel=_RUN),
-    amp: str = _opt("--amp", help="Mixed precision on CUDA: bf16, fp16, off [default: bf16].",
+    amp: str = _opt("--amp", help="Mixed precision on CUDA: bf16, fp16, off (default: bf16).",
                     panel=_RUN),
-    seed: int = _opt("--seed", help="Random seed [default: 0].", panel=_RUN),
+    seed: int = _opt("--seed", help="Random seed (default: 0).", panel=_RUN),
     log_every: int = _opt("--log-every", help="Progress update interval in steps.",
                           panel=_RUN),
     tensorboard: bool = _opt("--tensorboard/--no-tensorboard",
                              help="Also log to TensorBoard (if installed).", panel=_RUN),
     sync_bn: bool = _opt("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.",
                          panel=_RUN),
-    name: str = _opt("--name", help="Model name in the checkpoint [default: run folder name].",
+    name: str = _opt("--name", help="Model name in the checkpoint (default: run folder name).",
                      panel=_RUN),
-    backbone: str = _opt("--backbone", help="Backbone [default: pvt_v2_b0].", panel=_MODEL),
+    backbone: str = _opt("--backbone", help="Backbone (default: pvt_v2_b0).", panel=_MODEL),
     decoder: str = _opt("--decoder", help="Decoder head: dcf, segformer, upernet, unet "
-                        "[default: dcf].", panel=_MODEL),
-    decoder_width: int = _opt("--decoder-width", help="Decoder width [default: 128].",
+                        "(default: dcf).", panel=_MODEL),
+    decoder_width: int = _opt("--decoder-width", help="Decoder width (default: 128).",
                               panel=_MODEL),
     init: Path = _opt("--init", help="Backbone checkpoint from `landslide train distill`.",
                       panel=_MODEL),
@@ -226,24 +235,24 @@ def segment(
                             "(ImageNet) weights.", panel=_MODEL),
     weights: Path = _opt("--weights", help="Local timm weights file for the backbone.",
                          panel=_MODEL),
-    epochs: int = _opt("--epochs", help="Epochs [default: 200]."),
-    batch_size: int = _opt("--batch-size", "-b", help="Batch size per process [default: 16]."),
-    lr_backbone: float = _opt("--lr-backbone", help="Backbone learning rate [default: 5e-6]."),
+    epochs: int = _opt("--epochs", help="Epochs (default: 200)."),
+    batch_size: int = _opt("--batch-size", "-b", help="Batch size per process (default: 16)."),
+    lr_backbone: float = _opt("--lr-backbone", help="Backbone learning rate (default: 5e-6)."),
     lr_backbone_final: float = _opt("--lr-backbone-final", help="Final backbone learning rate "
-                                    "[default: 5e-9]."),
-    lr_decoder: float = _opt("--lr-decoder", help="Decoder learning rate [default: 5e-4]."),
+                                    "(default: 5e-9)."),
+    lr_decoder: float = _opt("--lr-decoder", help="Decoder learning rate (default: 5e-4)."),
     lr_decoder_final: float = _opt("--lr-decoder-final", help="Final decoder learning rate "
-                                   "[default: 5e-6]."),
-    weight_decay: float = _opt("--weight-decay", help="AdamW weight decay [default: 0.01]."),
-    schedule: str = _opt("--schedule", help="cosine or poly [default: cosine]."),
-    warmup_steps: int = _opt("--warmup-steps", help="Linear warm-up steps [default: 0]."),
+                                   "(default: 5e-6)."),
+    weight_decay: float = _opt("--weight-decay", help="AdamW weight decay (default: 0.01)."),
+    schedule: str = _opt("--schedule", help="cosine or poly (default: cosine)."),
+    warmup_steps: int = _opt("--warmup-steps", help="Linear warm-up steps (default: 0)."),
     grad_clip: float = _opt("--grad-clip", help="Clip gradient norm to this value."),
-    ce_weight: float = _opt("--ce-weight", help="Weight of cross-entropy [default: 0.4]."),
-    focal_weight: float = _opt("--focal-weight", help="Weight of focal loss [default: 0.6]."),
-    gamma: float = _opt("--gamma", help="Focal gamma [default: 2]."),
+    ce_weight: float = _opt("--ce-weight", help="Weight of cross-entropy (default: 0.4)."),
+    focal_weight: float = _opt("--focal-weight", help="Weight of focal loss (default: 0.6)."),
+    gamma: float = _opt("--gamma", help="Focal gamma (default: 2)."),
     class_weights: str = _opt("--class-weights", help="Class weights 'background,landslide'."),
     threshold_bins: int = _opt("--threshold-bins", help="Histogram bins for the best-F1 "
-                               "threshold [default: 1000]."),
+                               "threshold (default: 1000)."),
 ) -> None:
     """Phase 2: train backbone + decoder for landslide segmentation."""
     values = dict(locals())

@@ -30,7 +30,8 @@ def open_split(cfg: TrainConfig, split: str, *, what: str = "training") -> Any:
     from landslide_cli.data import open_dataset
 
     kwargs: dict[str, Any] = {"split": split, "split_file": cfg.split_file,
-                              "seed": cfg.split_seed, "regions": cfg.regions}
+                              "seed": cfg.split_seed, "regions": cfg.regions,
+                              "skip_bad": cfg.skip_bad}
     if cfg.split_mode is not None:
         kwargs["split_mode"] = cfg.split_mode
     tiles = open_dataset(cfg.dataset, root, **kwargs)

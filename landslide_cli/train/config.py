@@ -61,6 +61,8 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     regions: list[str] | None = None
+    #: skip unpaired or malformed tiles (with a warning) instead of stopping
+    skip_bad: bool = False
     epochs: int = 200
     batch_size: int = 8
     #: random-crop size of training tiles

@@ -31,7 +31,7 @@ def distilled(tiny_tiles: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from landslide_cli.cli.app import main
 
     run = tmp_path_factory.mktemp("distill") / "run"
-    code = main(["train", "distill", "--data", str(tiny_tiles), "--out", str(run),
+    code = main(["train", "distill", "--root", str(tiny_tiles), "--out", str(run),
                  "--epochs", "2", *TINY_DISTILL])
     common.state.verbose, common.state.quiet = 0, False
     assert code == 0
@@ -232,7 +232,7 @@ def test_torchrun_two_processes_on_cpu(tiny_tiles, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "landslide_cli", "train", "segment", "--data", str(tiny_tiles), "--out",
+           "2", "-m", "landslide_cli", "train", "segment", "--root", str(tiny_tiles), "--out",
            str(run), "--epochs", "1", *TINY_SEGMENT, "-b", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -242,3 +242,25 @@ def test_torchrun_two_processes_on_cpu(tiny_tiles, tmp_path):
     rows = _rows(run)
     assert len(rows) == 1  # rank 0 logged once
     assert proc.stdout.count("best: ") == 1  # rank 0 reported once
+
+
+def test_segment_from_local_timm_weights_without_validation(run_cli, tiny_tiles, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    ref = timm.create_model("pvt_v2_b0").state_dict()
+    weights = tmp_path / "pvt_v2_b0.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(weights))
+    run = tmp_path / "seg"
+    res = run_cli("train", "segment", "--root", tiny_tiles, "--out", run, "--epochs", "1",
+                  "--weights", weights, *TINY_SEGMENT, "--val-split", "none",
+                  "--region", "alpha", "--decoder", "unet")
+    assert res.exit_code == 0, res.stderr
+    assert not (run / "best.safetensors").exists()  # no validation, no "best"
+    meta, state = load_checkpoint(run / "last.safetensors")
+    assert meta.training["init"] == {"from": "timm", "weights": str(weights)}
+    assert meta.arch.decoder == "unet" and meta.threshold == 0.5
+    assert meta.training["dataset"]["regions"] == ["alpha"]
+    key = "patch_embed.proj.weight"  # timm's name; features_only keeps it under body.
+    assert torch.allclose(state[f"backbone.body.{key}"], ref[key], atol=1e-3)
