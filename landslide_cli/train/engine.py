@@ -108,8 +108,8 @@ class LRSchedule:
                 "kind": self.kind, "power": self.power, "warmup": self.warmup}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # total_steps stays as configured now: resuming with more --epochs stretches the decay
         self.step_count = int(state["step_count"])
-        self.total_steps = int(state["total_steps"])
         self.kind = str(state["kind"])
         self.power = float(state["power"])
         self.warmup = int(state["warmup"])
