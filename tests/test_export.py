@@ -97,13 +97,22 @@ def test_metadata_embedded(exported, ckpt):
     assert props["landslide.classes"] == "background,landslide"
 
 
-def test_tile_override_is_recorded(ckpt, tmp_path):
+def test_tile_override_and_given_real_tile(ckpt, tmp_path):
+    import rasterio
+
     from landslide_cli.export import export_onnx, read_onnx_metadata
 
-    report = export_onnx(ckpt, tmp_path / "t96.onnx", tile=96, check_parity=False)
+    img = tmp_path / "tile.tif"
+    data = np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    with rasterio.open(img, "w", driver="GTiff", width=50, height=40, count=3, dtype="uint8",
+                       crs="EPSG:32654", transform=rasterio.Affine(1, 0, 0, 0, -1, 40)) as dst:
+        dst.write(data)
+    report = export_onnx(ckpt, tmp_path / "t96.onnx", tile=96, parity_data=img)
     doc = read_onnx_metadata(report.path)
     assert report.tile == 96 and doc["checkpoint"]["input"]["tile"] == 96
     assert doc["checkpoint"]["extra"]["trained_tile"] == TILE
+    assert report.parity.real_sources == [str(img)]  # smaller than the tile: padded
+    assert report.parity.real_max_diff <= 1e-4
 
 
 def test_parity_failure_writes_nothing(ckpt, tmp_path, monkeypatch):
@@ -135,21 +144,6 @@ def test_fp16_export_parity(ckpt, exported, tmp_path):
     assert report.size_bytes < 0.6 * exported.size_bytes  # fp32 export of the same model
 
 
-def test_parity_on_given_real_tile(ckpt, tmp_path):
-    import rasterio
-
-    from landslide_cli.export import export_onnx
-
-    img = tmp_path / "tile.tif"
-    data = np.random.default_rng(0).integers(0, 255, (3, 40, 50), dtype=np.uint8)
-    with rasterio.open(img, "w", driver="GTiff", width=50, height=40, count=3, dtype="uint8",
-                       crs="EPSG:32654", transform=rasterio.Affine(1, 0, 0, 0, -1, 40)) as dst:
-        dst.write(data)
-    report = export_onnx(ckpt, tmp_path / "m.onnx", parity_data=img)
-    assert report.parity.real_sources == [str(img)]  # smaller than the tile: padded
-    assert report.parity.real_max_diff <= 1e-4
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -176,4 +170,14 @@ def test_cli_bad_model_files(run_cli, ckpt, exported, tmp_path):
         res = run_cli("export", model, "--out", tmp_path / "m.onnx")
         assert res.exit_code == 1, model
         assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_default_model(run_cli, tmp_path):
+    from landslide_cli.zoo.loading import DEFAULT_MODEL, shipped_models
+
+    if DEFAULT_MODEL in shipped_models():
+        pytest.skip("a default model is bundled; its export is covered by the checkpoint tests")
+    res = run_cli("export", "--out", tmp_path / "m.onnx")
+    assert res.exit_code == 1 and "no default model" in res.stderr
     assert not (tmp_path / "m.onnx").exists()
