@@ -343,3 +343,21 @@ def test_fixed_tile_backend_is_respected(tmp_path):
     assert summary.tile == 48
     with pytest.raises(LandslideError, match="48x48"):
         predict_scenes(scene, tmp_path / "o2.gpkg", model=model, tile=64, progress=False)
+
+
+def test_probability_maps_for_several_scenes(tmp_path):
+    raw = _rgb(40, 40, 220)
+    a = write_tif(tmp_path / "a.tif", raw)
+    b = write_tif(tmp_path / "b.tif", raw)
+    folder = tmp_path / "probs"
+    folder.mkdir()
+    summary = predict_scenes([a, b], tmp_path / "o.gpkg", model=bright_standin(), tile=32,
+                             prob_out=folder, progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["a_prob.tif", "b_prob.tif"]
+    assert summary.prob_out == [str(folder / "a_prob.tif"), str(folder / "b_prob.tif")]
+    predict_scenes([a, b], tmp_path / "o2.gpkg", model=bright_standin(), tile=32,
+                   prob_out=tmp_path / "{scene}.p.tif", progress=False)
+    assert (tmp_path / "a.p.tif").exists() and (tmp_path / "b.p.tif").exists()
+    with pytest.raises(LandslideError, match="folder or contain"):
+        predict_scenes([a, b], tmp_path / "o3.gpkg", model=bright_standin(), tile=32,
+                       prob_out=tmp_path / "one.tif", progress=False)
