@@ -414,6 +414,8 @@ def train_distill(cfg: DistillConfig) -> TrainResult:
         run_dir = prepare_run_dir(cfg)
         task = build_distill_task(cfg, ctx)
         result = fit(task, cfg, ctx, run_dir)
-        return TrainResult.from_fit(result)
-    finally:
-        ctx.close()
+    except BaseException:
+        ctx.close(barrier=False)
+        raise
+    ctx.close()
+    return TrainResult.from_fit(result)

@@ -63,9 +63,12 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def close(self) -> None:
+    def close(self, *, barrier: bool = True) -> None:
+        """Leave the process group; ``barrier=False`` on the error path (the other processes
+        may be blocked in a collective and will be stopped by torchrun)."""
         if self.initialized_here and dist.is_initialized():
-            self.barrier()
+            if barrier:
+                self.barrier()
             dist.destroy_process_group()
             self.initialized_here = False
 

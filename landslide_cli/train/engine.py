@@ -492,8 +492,10 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             seed_everything(derive_seed(cfg.seed, epoch, ctx.rank))
             task.set_train(True)
             progress.start_epoch(epoch + 1)
+            # running sums stay on the device: no host sync per step (only when displayed)
+            acc = torch.float64 if ctx.device.type in ("cpu", "cuda") else torch.float32
             sums: dict[str, torch.Tensor] = {}
-            count = torch.zeros((), dtype=torch.float64)
+            count = torch.zeros((), dtype=acc)
             seen = 0
             last_logged = 0
             for i, batch in enumerate(loader.epoch(epoch)):
@@ -501,8 +503,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
                 n = task.batch_size_of(batch)
                 seen += n
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64)) \
-                        + v.detach().double().cpu() * n
+                    v = v.detach().to(acc) * n
+                    sums[k] = sums[k] + v if k in sums else v
                 count += n
                 step += 1
                 if show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == steps_per_epoch):
@@ -516,7 +518,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
                     progress.update(i + 1, f"{info}  {rate:.1f} img/s  run eta {_hms(eta)}")
             # epoch means over all processes
             names = sorted(sums)
-            packed = torch.stack([sums[k] for k in names] + [count]) if names else count[None]
+            packed = torch.stack([sums[k].cpu() for k in names] + [count]) if names \
+                else count[None]
             packed = ctx.all_reduce_sum(packed.double())
             means = {k: float(packed[j] / packed[-1]) for j, k in enumerate(names)}
             train_seconds = time.perf_counter() - t0

@@ -351,7 +351,9 @@ def train_segment(cfg: SegmentConfig) -> TrainResult:
         run_dir = prepare_run_dir(cfg)
         task = build_segment_task(cfg, ctx)
         result = fit(task, cfg, ctx, run_dir)
-        return TrainResult.from_fit(result)
-    finally:
-        ctx.close()
+    except BaseException:
+        ctx.close(barrier=False)
+        raise
+    ctx.close()
+    return TrainResult.from_fit(result)
 
