@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS wins when set: on a shared machine two spinning OpenMP threads per process
+# cost several times the CPU time of one.
+_threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+torch.set_num_threads(int(_threads) if _threads.isdigit() and int(_threads) > 0
+                      else max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("MPLBACKEND", "Agg")
 
