@@ -99,6 +99,8 @@ def distill(
     seed: int = _opt("--seed", help="Random seed (default: 0).", panel=_RUN),
     log_every: int = _opt("--log-every", help="Progress update interval in steps.",
                           panel=_RUN),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.",
+                               rich_help_panel=_RUN),
     tensorboard: bool = _opt("--tensorboard/--no-tensorboard",
                              help="Also log to TensorBoard (if installed).", panel=_RUN),
     teacher: str = _opt("--teacher", help="Teacher (default: vit_base_patch14_dinov2).",
@@ -172,7 +174,7 @@ def distill(
         "pretrained" if pretrained_teacher else None)
     values["teacher_args"] = _parse_kv(teacher_arg, "--teacher-arg")
     values["regions"] = _regions(regions)
-    values["quiet"] = common.state.quiet or None
+    values["quiet"] = (common.state.quiet or quiet) or None
     cfg = resolve_config(DistillConfig, _strs(values), config)
     _report(train_distill(cfg), "distill")
 
@@ -218,6 +220,8 @@ def segment(
     seed: int = _opt("--seed", help="Random seed (default: 0).", panel=_RUN),
     log_every: int = _opt("--log-every", help="Progress update interval in steps.",
                           panel=_RUN),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output.",
+                               rich_help_panel=_RUN),
     tensorboard: bool = _opt("--tensorboard/--no-tensorboard",
                              help="Also log to TensorBoard (if installed).", panel=_RUN),
     sync_bn: bool = _opt("--sync-bn/--no-sync-bn", help="SyncBatchNorm under torchrun.",
@@ -261,7 +265,7 @@ def segment(
 
     values.pop("config")
     values["regions"] = _regions(regions)
-    values["quiet"] = common.state.quiet or None
+    values["quiet"] = (common.state.quiet or quiet) or None
     cfg = resolve_config(SegmentConfig, _strs(values), config)
     _report(train_segment(cfg), "segment")
 

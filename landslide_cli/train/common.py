@@ -19,7 +19,7 @@ from landslide_cli.train.distributed import DistContext
 def open_split(cfg: TrainConfig, split: str, *, what: str = "training") -> Any:
     """Open one split of the configured data set; missing root / empty split are one-liners."""
     if not cfg.data:
-        raise LandslideError("--data ROOT is required (the data set folder)")
+        raise LandslideError("--root ROOT is required (the data set folder)")
     root = Path(cfg.data).expanduser()
     if not root.exists():
         raise DataError(f"data root not found: {root}")

@@ -264,3 +264,29 @@ def test_segment_from_local_timm_weights_without_validation(run_cli, tiny_tiles,
     assert meta.training["dataset"]["regions"] == ["alpha"]
     key = "patch_embed.proj.weight"  # timm's name; features_only keeps it under body.
     assert torch.allclose(state[f"backbone.body.{key}"], ref[key], atol=1e-3)
+
+
+def test_segment_on_real_shared_tiles(run_cli, shared_data, tmp_path):
+    """Two real Hokkaido tiles (TIF, 256 px) and one Bijie tile (PNG, ~512-630 px)."""
+    import shutil
+
+    from landslide_cli.zoo.loading import load_model
+
+    src = shared_data / "landslides"
+    root = tmp_path / "tiles"
+    picks = {"hokkaido": sorted((src / "hokkaido" / "img").iterdir())[:2],
+             "bijie": sorted((src / "bijie" / "img").iterdir())[:1]}
+    for region, images in picks.items():
+        for img in images:
+            for sub, path in (("img", img), ("mask", src / region / "mask" / f"{img.stem}.png")):
+                (root / region / sub).mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, root / region / sub / path.name)
+    run = tmp_path / "seg"
+    res = run_cli("train", "segment", "--root", root, "--out", run, "--epochs", "1",
+                  *TINY_SEGMENT, "--val-size", "96", "--val-batch-size", "3")
+    assert res.exit_code == 0, res.stderr
+    meta = load_model(run / "best.safetensors").meta
+    regions = meta.metrics["val"]["per_region"]
+    assert set(regions) == {"bijie", "hokkaido"}
+    assert regions["hokkaido"]["pixels"] == 2 * 96 * 96
+    assert regions["hokkaido"]["landslide_pixels"] > 0  # real masks were read
