@@ -167,8 +167,8 @@ def _register() -> None:
             return build_discriminator(_name, in_dim, **kw)
 
         build.__doc__ = f"KDA discriminator on a frozen {entry.name}"
-        DISCRIMINATORS.add(entry.name, build, backbone=entry.name, source="timm",
-                           description="frozen DINOv2 + multi-level PatchGAN head (LSGAN)")
+        DISCRIMINATORS.add(entry.name, build, embed_dim=entry.info.get("embed_dim"),
+                           depth=entry.info.get("depth"), head="multi-level PatchGAN")
 
 
 _register()
