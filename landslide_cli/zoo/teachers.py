@@ -126,9 +126,6 @@ class ViTTeacher(Teacher):
         """Patch embeddings of an image as an NCHW grid (before position embeddings)."""
         x = pad_to_multiple(x, self.patch_size)
         tokens = self.vit.patch_embed(x)  # NHWC because dynamic_img_size=True
-        if tokens.ndim == 3:  # a model created without dynamic_img_size: NLC
-            h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-            tokens = tokens.reshape(tokens.shape[0], h, w, -1)
         return tokens.permute(0, 3, 1, 2)
 
     def run_grid(self, grid: torch.Tensor, indices: Sequence[int], *, norm: bool = True,
@@ -226,7 +223,8 @@ class ConvNeXtTeacher(Teacher):
 def build_dinov2(name: str, *, pretrained: bool = False, weights: str | Path | None = None,
                  img_size: int | None = None, **timm_overrides: Any) -> ViTTeacher:
     """A frozen DINOv2 ViT teacher (``dynamic_img_size=True``, no classifier head)."""
-    kwargs: dict[str, Any] = {"num_classes": 0, "dynamic_img_size": True, **timm_overrides}
+    # dynamic_img_size is not optional: the token grid follows the input size
+    kwargs: dict[str, Any] = {"num_classes": 0, **timm_overrides, "dynamic_img_size": True}
     if img_size is not None:
         kwargs["img_size"] = img_size
     vit = create_timm(name, pretrained=pretrained, weights=weights, **kwargs)
