@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_DISTILL, TINY_SEGMENT
+from _train_args import TINY_DISTILL, TINY_SEGMENT
 
 from landslide_cli.checkpoint import load_checkpoint, read_metadata
 
