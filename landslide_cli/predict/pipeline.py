@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import resource
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +30,7 @@ from landslide_cli.backends import Backend, open_backend
 from landslide_cli.errors import DataError, LandslideError
 from landslide_cli.predict.raster import (
     PROB_DTYPES,
+    BatchItem,
     PrefetchReader,
     ProbWriter,
     SceneInfo,
@@ -250,6 +253,63 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class _Worker:
+    """Run ``fn(*args)`` for submitted jobs, in order, in one background thread.
+
+    Post-processing (stitching, probability writing, polygonizing) overlaps the next forward
+    pass; the queue holds at most ``depth`` pending jobs. An exception in the worker is raised
+    in the submitting thread at the next ``submit``/``drain``.
+    """
+
+    def __init__(self, fn: Any, depth: int = 2) -> None:
+        self.fn = fn
+        self.jobs: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="landslide-post", daemon=True)
+
+    def __enter__(self) -> _Worker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue  # keep draining so the producer never blocks
+            try:
+                self.fn(*job)
+            except BaseException as exc:
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, *args: Any) -> None:
+        self._raise()
+        while True:
+            try:
+                self.jobs.put(args, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self.jobs.put(None)
+            self._thread.join()
+
+    def drain(self) -> None:
+        """Wait for every submitted job; re-raise a worker error."""
+        self._stop()
+        self._raise()
 
 
 # ---------------------------------------------------------------------------- main entry
@@ -500,30 +560,36 @@ def _predict_scene(info: SceneInfo, label: str, indexes: list[int], be: Backend,
     all_valid = not info.needs_mask(indexes) and not info.is_float(indexes)
     footprint = FootprintBuilder(info.height, info.width, all_valid=all_valid)
     expected = (tile, tile)
-    with PrefetchReader(info, layout, indexes, be.spec, batch_size) as reader:
+    def post(item: BatchItem, preds: np.ndarray | None) -> None:
+        """Stitch, write and polygonize one batch (runs beside the next forward pass)."""
+        for win in item.windows:
+            pred = None if win.slot is None or preds is None else preds[win.slot]
+            if pred is None:
+                summary.tiles_skipped += 1
+            else:
+                summary.tiles += 1
+            block = stitcher.add(pred, win.valid)
+            if pw is not None:
+                pw.write(block)
+            polygonizer.add(block)
+            footprint.add(block)
+            bar.advance()
+
+    with PrefetchReader(info, layout, indexes, be.spec, batch_size) as reader, \
+            _Worker(post) as worker:
         for item in reader:
             preds = None
             if item.batch is not None:
                 t0 = time.perf_counter()
-                preds = be.predict(item.batch)
+                preds = np.asarray(be.predict(item.batch))
                 forward[0] += time.perf_counter() - t0
-                preds = np.asarray(preds)
                 if preds.shape != (item.batch.shape[0], *expected):
                     raise LandslideError(
                         f"model returned probabilities of shape {preds.shape} for a batch of "
                         f"shape {item.batch.shape}")
-            for win in item.windows:
-                pred = None if win.slot is None or preds is None else preds[win.slot]
-                if pred is None:
-                    summary.tiles_skipped += 1
-                else:
-                    summary.tiles += 1
-                block = stitcher.add(pred, win.valid)
-                if pw is not None:
-                    pw.write(block)
-                polygonizer.add(block)
-                footprint.add(block)
-                bar.advance()
+                item.batch = None  # free the input batch while the post-processing runs
+            worker.submit(item, preds)
+        worker.drain()
     flush()
     summary.valid_pixels = footprint.valid_pixels
     if summary.valid_pixels == 0:
