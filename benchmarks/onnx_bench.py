@@ -34,14 +34,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def time_calls(fn, batch: np.ndarray, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn(batch)
-    times = []
+def time_interleaved(fns: list, batch: np.ndarray, warmup: int, repeats: int
+                     ) -> list[list[float]]:
+    """Per function, ``repeats`` wall times; rounds alternate between the functions so that
+    load from other processes on a shared machine hits all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn(batch)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn(batch)
+            times[i].append(time.perf_counter() - start)
     return times
 
 
@@ -96,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         for b in args.batch:
             batch = rng.standard_normal((b, 3, args.tile, args.tile), dtype=np.float32)
             reference = None
-            for label, backend in variants:
-                times = time_calls(backend.predict, batch, args.warmup, args.repeats)
+            all_times = time_interleaved([b_.predict for _, b_ in variants], batch,
+                                         args.warmup, args.repeats)
+            for (label, backend), times in zip(variants, all_times, strict=True):
                 out = backend.predict(batch)
                 if reference is None:
                     reference = out
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, onnxruntime {_ort_version()}, python "
           f"{platform.python_version()}")
     print(f"model: {args.spec} (decoder width {args.width}), random init, tile {args.tile}, "
-          f"median of {args.repeats} after {args.warmup} warm-up; load average "
+          f"median of {args.repeats} interleaved rounds after {args.warmup} warm-up; load average "
           f"{load_before[0]:.1f} before / {load_after[0]:.1f} after\n")
     print("| backend | batch | ms / batch | ms / tile | tiles/s | speed-up vs torch | "
           "max abs diff |")
