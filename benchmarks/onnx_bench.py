@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ONNX exporters to compare (torchscript, dynamo)")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--fp16", action="store_true", help="also time an fp16 ONNX export")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time an export without the ORT-friendly rewrites")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
@@ -87,15 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="onnx-bench-") as tmp:
         ckpt = save_checkpoint(Path(tmp) / "bench.safetensors", model.state_dict(), meta)
         variants: list[tuple[str, object]] = [("torch eager", TorchBackend(ckpt, device="cpu"))]
-        for exporter in args.exporter:
-            precisions = [False, True] if args.fp16 else [False]
-            for fp16 in precisions:
-                opset = max(args.opset, 18) if exporter == "dynamo" else args.opset
-                out = Path(tmp) / f"bench-{exporter}-{int(fp16)}.onnx"
-                export_onnx(ckpt, out, opset=opset, fp16=fp16, exporter=exporter,
-                            check_parity=False)
-                label = f"onnxruntime ({exporter}, opset {opset}{', fp16' if fp16 else ''})"
-                variants.append((label, OnnxBackend(out, device="cpu", threads=threads)))
+        configs = [(e, False, True) for e in args.exporter]
+        if args.fp16:
+            configs += [(e, True, True) for e in args.exporter]
+        if args.plain:
+            configs += [(e, False, False) for e in args.exporter]
+        for exporter, fp16, optimize in configs:
+            opset = max(args.opset, 18) if exporter == "dynamo" else args.opset
+            out = Path(tmp) / f"bench-{exporter}-{int(fp16)}-{int(optimize)}.onnx"
+            export_onnx(ckpt, out, opset=opset, fp16=fp16, exporter=exporter,
+                        optimize=optimize, check_parity=False)
+            label = (f"onnxruntime ({exporter}, opset {opset}{', fp16' if fp16 else ''}"
+                     f"{', no rewrites' if not optimize else ''})")
+            variants.append((label, OnnxBackend(out, device="cpu", threads=threads)))
 
         rng = np.random.default_rng(0)
         for b in args.batch:

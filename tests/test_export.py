@@ -181,3 +181,30 @@ def test_cli_default_model(run_cli, tmp_path):
     res = run_cli("export", "--out", tmp_path / "m.onnx")
     assert res.exit_code == 1 and "no default model" in res.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_rewrites_change_the_graph_not_the_math(ckpt, exported, tmp_path):
+    import onnx
+
+    from landslide_cli.export import export_onnx, read_onnx_metadata
+
+    plain = export_onnx(ckpt, tmp_path / "plain.onnx", optimize=False)
+    assert plain.rewrites == [] and plain.parity.random_max_diff <= 1e-4
+    assert read_onnx_metadata(plain.path)["export"]["rewrites"] == []
+    assert any("MlpWithDepthwiseConv" in r for r in exported.rewrites)
+    assert read_onnx_metadata(exported.path)["export"]["rewrites"] == exported.rewrites
+
+    def ops(path: Path) -> list[str]:
+        return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    def perms(path: Path) -> list[tuple[int, ...]]:
+        return [tuple(n.attribute[0].ints) for n in onnx.load(str(path)).graph.node
+                if n.op_type == "Transpose"]
+
+    # token <-> image moves are NHWC<->NCHW permutes (ORT folds them into its NCHWc
+    # reorders) instead of (0, 2, 1) token transposes; the class softmax became a sigmoid
+    fast, slow = perms(exported.path), perms(plain.path)
+    assert fast.count((0, 2, 1)) <= slow.count((0, 2, 1)) - 8
+    assert fast.count((0, 3, 1, 2)) >= slow.count((0, 3, 1, 2)) + 8
+    assert "Sigmoid" in ops(exported.path)
+    assert ops(exported.path).count("Softmax") == ops(plain.path).count("Softmax") - 1

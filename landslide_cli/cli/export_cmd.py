@@ -31,6 +31,10 @@ def command(
         None, "--parity-data", show_default=False,
         help="Image or folder of real tiles for the parity check (default: "
              "../shared/data/landslides when present)."),
+    optimize: bool = typer.Option(
+        True, "--optimize/--no-optimize",
+        help="Export-time rewrites with the same math that ONNX Runtime runs faster "
+             "(checked by the parity test)."),
     exporter: str = typer.Option("torchscript", "--exporter",
                                  help="torch.onnx exporter: torchscript or dynamo."),
     device: str = typer.Option("cpu", "--device", help="Device for tracing and the PyTorch "
@@ -43,6 +47,7 @@ def command(
     report = export_onnx(
         model, out, opset=opset, fp16=fp16, tile=tile, dynamic_batch=dynamic_batch,
         check_parity=parity, device=device, overwrite=overwrite, exporter=exporter,
+        optimize=optimize,
         parity_data=parity_data, progress=common.info,
     )
     if as_json:
@@ -58,6 +63,7 @@ def command(
                            f"float32, batch {'dynamic' if report.dynamic_batch else 1}")
     table.add_row("output", f"probability (N, {report.tile}, {report.tile}) float32")
     table.add_row("precision", report.precision)
+    table.add_row("rewrites", "; ".join(report.rewrites) or "none (--no-optimize)")
     if report.parity is None:
         table.add_row("parity", "not checked (--no-parity)")
     else:
