@@ -296,7 +296,8 @@ def export_onnx(
     graph_model: nn.Module = loaded.model
     if optimize:
         graph_model, rewrites = _rewrite_for_onnx(loaded.model)
-        rewrites.append("two-class softmax as sigmoid(l1 - l0)")
+        if meta.arch.num_classes == 2:
+            rewrites.append("two-class softmax as sigmoid(l1 - l0)")
     module = ProbabilityModel(graph_model, two_class_sigmoid=optimize).eval().to(dev)
 
     say(f"exporting {loaded.name} ({meta.arch.spec}) at tile {tile}, opset {opset} "
