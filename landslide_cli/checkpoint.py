@@ -34,6 +34,10 @@ FORMAT_VERSION = "1"
 KINDS = ("segmenter", "backbone")
 CLASSES = ["background", "landslide"]
 
+# mkstemp creates owner-only (0600) files; outputs get the usual mode from the umask instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @dataclass
 class CheckpointMeta:
@@ -114,6 +118,7 @@ def atomic_write(path: Path, write: Any, *, suffix: str = "") -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -342,7 +342,7 @@ def export_onnx(
                 f"exceeds {parity.tolerance:g}; {out} was not written"
             )
 
-    atomic_write(out, lambda tmp: _write_public(tmp, payload), suffix=".onnx.tmp")
+    atomic_write(out, lambda tmp: tmp.write_bytes(payload), suffix=".onnx.tmp")
     return ExportReport(
         path=out, size_bytes=out.stat().st_size, opset=opset, tile=tile, bands=list(spec.bands),
         fp16=fp16, dynamic_batch=dynamic_batch, exporter=EXPORTERS.resolve(exporter),
@@ -398,14 +398,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise LandslideError(f"{out} already exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise LandslideError(f"cannot write {out}: folder {out.parent} does not exist")
-
-
-def _write_public(path: Path, payload: bytes) -> None:
-    """Write ``payload``; readable like any new file (mkstemp creates it owner-only)."""
-    Path(path).write_bytes(payload)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _exported_meta(meta: dict[str, Any], tile: int) -> dict[str, Any]:

@@ -257,3 +257,15 @@ def test_cli_rejects_a_bad_checkpoint_with_one_line(tmp_path, run_cli, case):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error:") and path.name in lines[0]
+
+
+def test_atomic_write_gives_files_the_umask_mode_not_owner_only(tmp_path):
+    import os
+
+    from landslide_cli.checkpoint import atomic_write
+
+    target = tmp_path / "out.txt"
+    atomic_write(target, lambda tmp: tmp.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
