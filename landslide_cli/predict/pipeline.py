@@ -223,9 +223,9 @@ class _Progress:
             Progress,
             ProgressColumn,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
         from rich.text import Text
 
         from landslide_cli.cli.common import err
@@ -235,9 +235,10 @@ class _Progress:
                 speed = task.finished_speed or task.speed
                 return Text("" if speed is None else f"{speed:.2f} tiles/s", style="cyan")
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TextColumn("tiles"), Speed(),
-                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        name = Column(max_width=24, no_wrap=True, overflow="ellipsis")
+        self._bar = Progress(TextColumn("{task.description}", table_column=name),
+                             BarColumn(bar_width=16), MofNCompleteColumn(), Speed(),
+                             TextColumn("ETA"), TimeRemainingColumn(),
                              console=err, transient=False)
         self._task = self._bar.add_task("predict", total=total)
         self._bar.start()
