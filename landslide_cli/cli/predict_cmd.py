@@ -17,17 +17,17 @@ def command(
     model: str | None = typer.Option(
         None, "--model", "-m",
         help="Checkpoint (.safetensors), exported ONNX model or shipped model name "
-             "[default: the embedded default model]."),
+             "(default: the embedded default model)."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     tile: int | None = typer.Option(None, "--tile",
-                                    help="Window size in pixels [default: the model's]."),
+                                    help="Window size in pixels (default: the model's)."),
     overlap: float = typer.Option(0.25, "--overlap", help="Overlap between windows (0-0.9)."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", help="Windows per forward pass."),
     bands: str | None = typer.Option(
-        None, "--bands", help="1-based bands to read, e.g. 1,2,3 [default: the model's]."),
+        None, "--bands", help="1-based bands to read, e.g. 1,2,3 (default: the model's)."),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Landslide probability threshold [default: the model's]."),
+        None, "--threshold", help="Landslide probability threshold (default: the model's)."),
     min_area: float = typer.Option(0.0, "--min-area", help="Drop polygons below this many m²."),
     simplify: float = typer.Option(0.0, "--simplify",
                                    help="Simplification tolerance in metres (0: exact pixels)."),
@@ -38,7 +38,7 @@ def command(
     prob_dtype: str = typer.Option("uint8", "--prob-dtype",
                                    help="uint8 (p*254, nodata 255) or float32 (nodata NaN)."),
     crs: str | None = typer.Option(
-        None, "--crs", help="Output CRS, e.g. EPSG:4326 [default: the first scene's]."),
+        None, "--crs", help="Output CRS, e.g. EPSG:4326 (default: the first scene's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
