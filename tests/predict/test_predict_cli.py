@@ -11,7 +11,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from conftest import write_tif
+from _predict_helpers import write_tif
 from rasterio.windows import Window
 
 

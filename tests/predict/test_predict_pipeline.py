@@ -9,7 +9,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from conftest import ConvStandIn, bright_standin, write_tif
+from _predict_helpers import ConvStandIn, bright_standin, write_tif
 from rasterio.transform import from_origin
 
 from landslide_cli.errors import DataError, LandslideError
