@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from landslide_cli.cli import common
+from landslide_cli.errors import LandslideError
 
 
 def command(
@@ -39,6 +40,10 @@ def command(
                                    help="uint8 (p*254, nodata 255) or float32 (nodata NaN)."),
     crs: str | None = typer.Option(
         None, "--crs", help="Output CRS, e.g. EPSG:4326 (default: the first scene's)."),
+    quicklook: Path | None = typer.Option(
+        None, "--quicklook",
+        help="Also write a PNG of each scene with its polygons drawn over it (several scenes: "
+             "the scene name is added to the file name)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -50,6 +55,8 @@ def command(
     """
     from landslide_cli.predict import predict_scenes
 
+    if quicklook is not None and not quicklook.parent.is_dir():
+        raise LandslideError(f"cannot write {quicklook}: folder {quicklook.parent} does not exist")
     if quiet:
         common.state.quiet = True
     summary = predict_scenes(
@@ -73,6 +80,15 @@ def command(
         common.out.print(table)
     common.out.print(
         f"wrote {summary.out}: {summary.polygons} landslide polygons from {summary.tiles} tiles "
-        f"in {summary.seconds:.1f} s ({summary.backend} on {summary.device})", highlight=False)
+        f"in {summary.seconds:.1f} s with model {summary.model} "
+        f"({summary.backend} on {summary.device})", highlight=False)
     for path in summary.prob_out:
         common.out.print(f"wrote {path}", highlight=False)
+    if quicklook is not None:
+        from landslide_cli.quicklook import render_quicklook
+
+        for scene in scenes:
+            target = quicklook if len(scenes) == 1 else quicklook.with_name(
+                f"{quicklook.stem}_{scene.stem}{quicklook.suffix or '.png'}")
+            render_quicklook(scene, summary.out, target)
+            common.out.print(f"wrote {target}", highlight=False)
