@@ -21,8 +21,11 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	OMP_NUM_THREADS=2 $(BIN)/pytest -q
 
+# map landslides in the bundled real scene with the embedded default model
 demo: $(STAMP)
-	$(BIN)/landslide --help
+	mkdir -p out
+	$(BIN)/landslide predict $(SCENE) --out out/hokkaido_slides.gpkg \
+		--quicklook out/hokkaido_slides.png --min-area 20 --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

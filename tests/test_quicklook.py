@@ -39,3 +39,22 @@ def test_quicklook_missing_output_folder_is_a_clear_error(tmp_path):
     scene = _scene(tmp_path / "s.tif")
     with pytest.raises(LandslideError, match="does not exist"):
         render_quicklook(scene, tmp_path / "x.gpkg", tmp_path / "nope" / "q.png")
+
+
+def test_predict_cli_writes_a_quicklook_beside_the_geopackage(tmp_path, run_cli, tiny_checkpoint):
+    scene = _scene(tmp_path / "s.tif", h=70, w=90)
+    res = run_cli("predict", scene, "--out", tmp_path / "s.gpkg", "--model", tiny_checkpoint,
+                  "--tile", "64", "--threshold", "0.0", "--quicklook", tmp_path / "s.png", "-q")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    assert "tiny" in res.stdout  # says which model it used
+
+
+def test_predict_cli_refuses_a_quicklook_in_a_missing_folder_before_working(tmp_path, run_cli,
+                                                                             tiny_checkpoint):
+    scene = _scene(tmp_path / "s.tif")
+    res = run_cli("predict", scene, "--out", tmp_path / "s.gpkg", "--model", tiny_checkpoint,
+                  "--quicklook", tmp_path / "missing" / "s.png")
+    assert res.exit_code == 1
+    assert "does not exist" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "s.gpkg").exists()
