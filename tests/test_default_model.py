@@ -1,0 +1,69 @@
+"""The embedded default model: present, self-describing, small, and it runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from landslide_cli.backends import open_backend
+from landslide_cli.checkpoint import read_metadata
+from landslide_cli.zoo.loading import DEFAULT_MODEL, load_model, models_dir, shipped_models
+
+
+def test_default_model_is_shipped_with_card_split_and_recipe():
+    shipped = shipped_models()
+    assert DEFAULT_MODEL in shipped
+    path = shipped[DEFAULT_MODEL]
+    assert path.stat().st_size <= 25 * 1024 * 1024
+    folder = models_dir()
+    for suffix in (".md", ".yaml", ".split.json"):
+        assert (folder / f"{DEFAULT_MODEL}{suffix}").is_file()
+    card = (folder / f"{DEFAULT_MODEL}.md").read_text(encoding="utf-8")
+    for region in ("sichuan", "bijie", "hokkaido"):
+        assert region in card.lower()
+    split = json.loads((folder / f"{DEFAULT_MODEL}.split.json").read_text(encoding="utf-8"))
+    assert not set(split["train"]) & set(split["val"])
+
+
+def test_default_model_metadata_is_complete():
+    meta = read_metadata(shipped_models()[DEFAULT_MODEL])
+    assert meta.kind == "segmenter"
+    assert meta.name == DEFAULT_MODEL
+    assert meta.arch.backbone == "pvt_v2_b0" and meta.arch.decoder == "dcf"
+    spec = meta.input_spec
+    assert spec.bands == ["red", "green", "blue"] and spec.scale == 255 and spec.dtype == "uint8"
+    assert 0.0 < meta.threshold < 1.0
+    assert meta.classes == ["background", "landslide"]
+    assert meta.training and meta.metrics
+    per_region = json.dumps(meta.metrics)
+    for region in ("sichuan", "bijie", "hokkaido"):
+        assert region in per_region
+
+
+def test_default_model_forward_pass_and_default_resolution():
+    loaded = load_model(None)
+    assert loaded.name == DEFAULT_MODEL
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        logits = loaded.model(x)
+    assert logits.shape == (2, 2, 96, 80)
+    assert torch.isfinite(logits).all()
+    backend = open_backend(None, device="cpu")
+    prob = backend.predict(np.zeros((1, 3, 64, 64), dtype=np.float32))
+    assert prob.shape == (1, 64, 64) and ((prob >= 0) & (prob <= 1)).all()
+
+
+def test_default_model_separates_a_real_landslide_tile(shared_data):
+    """On a real validation tile the model must score landslide pixels above background."""
+    from landslide_cli.data import open_dataset
+
+    split = models_dir() / f"{DEFAULT_MODEL}.split.json"
+    tiles = open_dataset("folder", shared_data / "landslides", split="val", split_file=split)
+    backend = open_backend(None, device="cpu")
+    idx = next(i for i, s in enumerate(tiles) if s.region == "hokkaido")
+    image, mask = tiles.read(idx)
+    prob = backend.predict(backend.spec.normalize(image[None]))[0]
+    assert prob[mask == 1].mean() > prob[mask == 0].mean() + 0.2
