@@ -25,16 +25,15 @@ from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.train import common
 from landslide_cli.train.config import DistillConfig
-from landslide_cli.train.distributed import DistContext, setup
+from landslide_cli.train.distributed import DistContext
 from landslide_cli.train.engine import (
     LRSchedule,
     TrainTask,
     amp_dtype,
     autocast,
-    fit,
     load_trainable_state,
     make_scaler,
-    prepare_run_dir,
+    run_phase,
     seed_everything,
     trainable_state,
 )
@@ -408,14 +407,4 @@ def train_distill(cfg: DistillConfig) -> TrainResult:
     Everything that can fail on user input (data root, empty split, teacher weights, run
     folder) is checked before the run folder is created.
     """
-    cfg.validate()
-    ctx = setup(cfg.device)
-    try:
-        run_dir = prepare_run_dir(cfg)
-        task = build_distill_task(cfg, ctx)
-        result = fit(task, cfg, ctx, run_dir)
-    except BaseException:
-        ctx.close(barrier=False)
-        raise
-    ctx.close()
-    return TrainResult.from_fit(result)
+    return run_phase(cfg, build_distill_task)

@@ -22,7 +22,7 @@ import math
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from landslide_cli.checkpoint import atomic_write
 from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.train.config import TrainConfig, save_config
-from landslide_cli.train.distributed import DistContext
+from landslide_cli.train.distributed import DistContext, setup
 from landslide_cli.train.state import load_state, rng_state, save_state, set_rng_state
 
 STATE_FILE = "state.safetensors"
@@ -585,3 +585,24 @@ def _say(show: bool, text: str) -> None:
         from landslide_cli.cli.common import err
 
         err.print(text, highlight=False)
+
+
+def run_phase(cfg: TrainConfig, build_task: Callable[[Any, DistContext], Any]) -> Any:
+    """Run (or resume) one training phase: validate, set up, fit, clean up; a TrainResult.
+
+    Everything that can fail on user input (data root, empty split, weights, run folder) is
+    checked by ``cfg.validate`` and ``build_task`` before ``fit`` writes anything.
+    """
+    from landslide_cli.train.result import TrainResult
+
+    cfg.validate()
+    ctx = setup(cfg.device)
+    try:
+        run_dir = prepare_run_dir(cfg)
+        task = build_task(cfg, ctx)
+        result = fit(task, cfg, ctx, run_dir)
+    except BaseException:
+        ctx.close(barrier=False)
+        raise
+    ctx.close()
+    return TrainResult.from_fit(result)

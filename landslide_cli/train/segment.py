@@ -22,16 +22,15 @@ from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.train import common
 from landslide_cli.train.config import SegmentConfig
-from landslide_cli.train.distributed import DistContext, setup
+from landslide_cli.train.distributed import DistContext
 from landslide_cli.train.engine import (
     LRSchedule,
     TrainTask,
     amp_dtype,
     autocast,
     eval_loader,
-    fit,
     make_scaler,
-    prepare_run_dir,
+    run_phase,
     seed_everything,
 )
 from landslide_cli.train.losses import SegmentationLoss
@@ -345,15 +344,5 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext) -> SegmentTask:
 
 def train_segment(cfg: SegmentConfig) -> TrainResult:
     """Run (or resume) phase 2 as configured; returns where the checkpoints are."""
-    cfg.validate()
-    ctx = setup(cfg.device)
-    try:
-        run_dir = prepare_run_dir(cfg)
-        task = build_segment_task(cfg, ctx)
-        result = fit(task, cfg, ctx, run_dir)
-    except BaseException:
-        ctx.close(barrier=False)
-        raise
-    ctx.close()
-    return TrainResult.from_fit(result)
+    return run_phase(cfg, build_segment_task)
 
