@@ -110,6 +110,10 @@ def child(args: argparse.Namespace) -> None:
     from landslide_cli.predict.raster import prepare_tile
     from landslide_cli.predict.windows import GridLayout
 
+    if not args.no_mallopt:  # as the `landslide` CLI does at start-up
+        from landslide_cli.runtime import tune_allocator
+
+        tune_allocator()
     be = open_backend(args.model, device=args.device)
     with rasterio.open(args.scene) as ds:
         n_tiles = len(GridLayout(ds.height, ds.width, args.tile, args.overlap))
@@ -181,6 +185,8 @@ def main() -> None:
     ap.add_argument("--max-tiles", type=int, default=None)
     ap.add_argument("--forward-tiles", type=int, default=48)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-mallopt", action="store_true",
+                    help="leave glibc's allocator as it is (the CLI tunes it at start-up)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "landslide-bench"))
     ap.add_argument("--json", default=None, help="also write all results to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -211,7 +217,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", "--scene", str(scene), "--model", str(model),
                "--out", str(out), "--result", str(result_file), "--tile", str(args.tile),
                "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
-               "--forward-tiles", str(args.forward_tiles), "--device", args.device]
+               "--forward-tiles", str(args.forward_tiles), "--device", args.device,
+               *(["--no-mallopt"] if args.no_mallopt else [])]
         if args.threshold is not None:
             cmd += ["--threshold", str(args.threshold)]
         print(f"# {size}x{height}: running predict ...", file=sys.stderr, flush=True)
