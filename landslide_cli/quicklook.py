@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landslide_cli.checkpoint import atomic_write
 from landslide_cli.errors import LandslideError
+from landslide_cli.safety import atomic_write, check_target
 
 
 def _display_rgb(data: np.ndarray) -> np.ndarray:
@@ -25,8 +25,20 @@ def _display_rgb(data: np.ndarray) -> np.ndarray:
 
 def render_quicklook(scene: str | Path, gpkg: str | Path, out: str | Path, *,
                      layer: str = "landslides", max_side: int = 2048,
-                     bands: list[int] | None = None, title: str | None = None) -> Path:
-    """Draw the polygons of ``gpkg``/``layer`` that belong to ``scene`` over the scene image."""
+                     bands: list[int] | None = None, title: str | None = None,
+                     overwrite: bool = True) -> Path:
+    """Draw the polygons of ``gpkg``/``layer`` that belong to ``scene`` over the scene image
+    and write the PNG ``out`` atomically (never over ``scene`` or ``gpkg``)."""
+    out = check_target(out, overwrite=overwrite, what="quicklook", inputs=(scene, gpkg))
+    return atomic_write(out, lambda tmp: save_quicklook(scene, gpkg, tmp, layer=layer,
+                                                        max_side=max_side, bands=bands,
+                                                        title=title), suffix=".tmp.png")
+
+
+def save_quicklook(scene: str | Path, gpkg: str | Path, path: str | Path, *,
+                   layer: str = "landslides", max_side: int = 2048,
+                   bands: list[int] | None = None, title: str | None = None) -> None:
+    """Draw the quicklook and save it as PNG straight to ``path`` (the caller stages it)."""
     import geopandas as gpd
     import matplotlib
 
@@ -37,9 +49,7 @@ def render_quicklook(scene: str | Path, gpkg: str | Path, out: str | Path, *,
     from matplotlib.patches import PathPatch
     from matplotlib.path import Path as MplPath
 
-    scene, gpkg, out = Path(scene), Path(gpkg), Path(out)
-    if not out.parent.is_dir():
-        raise LandslideError(f"cannot write {out}: folder {out.parent} does not exist")
+    scene, gpkg = Path(scene), Path(gpkg)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -88,11 +98,7 @@ def render_quicklook(scene: str | Path, gpkg: str | Path, out: str | Path, *,
     ax.tick_params(labelsize=7)
     fig.tight_layout()
 
-    def write(tmp: Path) -> None:
-        fig.savefig(tmp, format="png")
-
     try:
-        atomic_write(out, write, suffix=".png")
+        fig.savefig(path, format="png")
     finally:
         plt.close(fig)
-    return out

@@ -10,7 +10,6 @@ Data flow per scene (memory bounded by tile, overlap and batch size, see docs/pr
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import resource
@@ -50,6 +49,7 @@ from landslide_cli.predict.vectors import (
 )
 from landslide_cli.predict.windows import GridLayout, Stitcher
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.safety import Staged, check_distinct, check_target, first_line, same_file
 
 #: finished polygons are appended to the GeoPackage in chunks of this many
 WRITE_CHUNK = 5000
@@ -95,6 +95,7 @@ class PredictSummary:
     batch_size: int
     crs: str | None
     prob_out: list[str] = field(default_factory=list)
+    quicklooks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,27 +114,26 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------- validation
 
 
-def _check_target(path: Path, *, overwrite: bool, what: str, suffixes: tuple[str, ...]) -> None:
-    if path.suffix.lower() not in suffixes:
-        raise LandslideError(f"{what} {path}: expected a {' or '.join(suffixes)} file name")
-    parent = path.parent
-    if not parent.exists():
-        raise LandslideError(f"{what} {path}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise LandslideError(f"{what} {path}: {parent} is not a folder")
-    if path.is_dir():
-        raise LandslideError(f"{what} {path} is a folder")
-    if path.exists() and not overwrite:
-        raise LandslideError(f"{what} {path} already exists (use --overwrite to replace it)")
-    probe = parent / f".{path.name}.{os.getpid()}.probe"
-    try:
-        probe.write_bytes(b"")
-    except OSError as exc:
-        raise LandslideError(
-            f"{what} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
+def _scene_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The scene paths, refusing one scene given twice (it would duplicate every polygon)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        for q in out:
+            if same_file(p, q):
+                raise LandslideError(
+                    f"scene {p} is given twice (as {q}): every polygon would be counted twice")
+        out.append(p)
+    return out
+
+
+def _quicklook_targets(quicklook: str | os.PathLike[str] | None,
+                       scenes: Sequence[Path]) -> list[Path | None]:
+    if quicklook is None:
+        return [None] * len(scenes)
+    base = Path(quicklook)
+    if len(scenes) == 1:
+        return [base]
+    return [base.with_name(f"{base.stem}_{s.stem}{base.suffix or '.png'}") for s in scenes]
 
 
 def _prob_targets(prob_out: str | os.PathLike[str] | None,
@@ -333,6 +333,7 @@ def predict_scenes(
     prob_out: str | os.PathLike[str] | None = None,
     prob_dtype: str = "uint8",
     crs: Any = None,
+    quicklook: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> PredictSummary:
@@ -356,17 +357,22 @@ def predict_scenes(
             when there are several scenes).
         prob_dtype: ``"uint8"`` (``round(p*254)``, nodata 255) or ``"float32"`` (nodata NaN).
         crs: output CRS for the GeoPackage (anything rasterio's ``CRS.from_user_input`` reads).
-        overwrite: replace existing outputs.
+        quicklook: also write a PNG of each scene with its polygons drawn over it (several
+            scenes: ``<stem>_<scene stem>.png``); published together with the GeoPackage.
+        overwrite: replace existing outputs (never an input of the run).
         progress: show a Rich progress bar on stderr (hidden when the CLI is ``--quiet``).
 
     Raises:
-        LandslideError: (or a subclass) for any problem with inputs, model or outputs; nothing
-            is left at ``out`` or ``prob_out`` then.
+        LandslideError: (or a subclass) for any problem with inputs, model or outputs; every
+            output is checked before work starts, and on failure none is written or changed.
     """
     t_start = time.perf_counter()
-    scene_paths = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
+    scene_paths = _scene_inputs(
+        [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes))
     if not scene_paths:
         raise LandslideError("no scene given")
+    if tile is not None and int(tile) < 16:
+        raise LandslideError(f"--tile {tile}: must be at least 16")
     out = Path(out)
     if not 0.0 <= overlap <= 0.9:
         raise LandslideError(f"--overlap {overlap}: must be between 0 and 0.9")
@@ -380,13 +386,21 @@ def predict_scenes(
         raise LandslideError(f"--prob-dtype {prob_dtype!r}: use {' or '.join(PROB_DTYPES)}")
     band_list = parse_bands(bands)
 
-    _check_target(out, overwrite=overwrite, what="output", suffixes=(".gpkg",))
+    check_target(out, overwrite=overwrite, what="output", suffixes=(".gpkg",),
+                 inputs=scene_paths)
     infos = [open_scene(p) for p in scene_paths]
     prob_targets = _prob_targets(prob_out, infos)
     for target in prob_targets:
         if target is not None:
-            _check_target(target, overwrite=overwrite, what="--prob-out",
-                          suffixes=(".tif", ".tiff"))
+            check_target(target, overwrite=overwrite, what="--prob-out",
+                         suffixes=(".tif", ".tiff"), inputs=scene_paths)
+    look_targets = _quicklook_targets(quicklook, scene_paths)
+    for target in look_targets:
+        if target is not None:
+            check_target(target, overwrite=overwrite, what="--quicklook", suffixes=(".png",),
+                         inputs=scene_paths)
+    check_distinct([("output", out), *(("--prob-out", t) for t in prob_targets),
+                    *(("--quicklook", t) for t in look_targets)])
     out_crs = _resolve_crs(crs)
 
     peeked = _peek_spec(model)
@@ -434,6 +448,7 @@ def predict_scenes(
     total_windows = sum(len(GridLayout(i.height, i.width, tile, overlap)) for i in infos)
     writer = GpkgWriter(out, out_crs)
     prob_writers: list[ProbWriter] = []
+    looks = [Staged(t, ".tmp.png") for t in look_targets if t is not None]
     bar = _Progress(progress, total_windows)
     summaries: list[SceneSummary] = []
     footprint_rows: dict[str, list[Any]] = {"scene": [], "valid_pixels": [], "area_m2": []}
@@ -480,14 +495,19 @@ def predict_scenes(
             writer.write_runs(run_rows)
             writer.write_style()
         bar.close()
+        _draw_quicklooks(looks, infos, writer.tmp)
         writer.commit()
         for pw in prob_writers:
             pw.commit()
+        for look in looks:
+            look.commit()
     except BaseException:
         bar.close()
         writer.cleanup()
         for pw in prob_writers:
             pw.cleanup()
+        for look in looks:
+            look.cleanup()
         raise
     finally:
         bar.close()
@@ -502,8 +522,22 @@ def predict_scenes(
         peak_rss_mb=peak_rss_mb(), device=str(be.device), backend=be.name,
         model=be.model_name, model_sha256=be.model_sha256, threshold=thr, tile=tile,
         overlap=float(overlap), batch_size=int(batch_size), crs=_crs_text(out_crs),
-        prob_out=[str(t) for t in prob_targets if t is not None], warnings=notes,
+        prob_out=[str(t) for t in prob_targets if t is not None],
+        quicklooks=[str(look.target) for look in looks], warnings=notes,
     )
+
+
+def _draw_quicklooks(looks: Sequence[Staged], infos: Sequence[SceneInfo], gpkg: Path) -> None:
+    """Render each scene's quicklook from the finished (not yet published) GeoPackage."""
+    if not looks:
+        return
+    from landslide_cli.quicklook import save_quicklook
+
+    for look, info in zip(looks, infos, strict=True):
+        try:
+            save_quicklook(info.path, gpkg, look.tmp)
+        except OSError as exc:
+            raise LandslideError(f"cannot write {look.target}: {first_line(exc)}") from None
 
 
 def _predict_scene(info: SceneInfo, label: str, indexes: list[int], be: Backend,

@@ -7,7 +7,6 @@ import contextlib
 import os
 import queue
 import threading
-import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from rasterio.windows import Window
 from landslide_cli.errors import DataError, LandslideError
 from landslide_cli.predict.windows import Block, GridLayout
 from landslide_cli.preprocess import InputSpec, normalize
+from landslide_cli.safety import Staged, first_line, temp_path
 
 #: GDAL block cache while predicting. GDAL's default (5 % of RAM) would let the cache of
 #: decoded scene blocks grow with the scene; 64 MiB holds a full window row of a 16k-wide RGB
@@ -40,14 +40,6 @@ DTYPE_FAMILY = {
 
 def gdal_env(**options: Any) -> rasterio.Env:
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, **options)
-
-
-def _short(exc: BaseException) -> str:
-    """First line of the most specific message in an exception chain (GDAL's own text)."""
-    while exc.__cause__ is not None and str(exc.__cause__).strip():
-        exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 #: GDAL's names of numpy data types (for the gdal_translate hint)
@@ -101,7 +93,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                     colorinterp=tuple(ci.name for ci in ds.colorinterp),
                 )
     except RasterioError as exc:
-        raise DataError(f"{p}: not a raster GDAL can read ({_short(exc)})") from None
+        raise DataError(f"{p}: not a raster GDAL can read ({first_line(exc)})") from None
     if info.count == 0 or info.width == 0 or info.height == 0:
         raise DataError(f"{p}: raster has no pixels or no bands")
     return info
@@ -301,7 +293,7 @@ class PrefetchReader:
                         except RasterioError as exc:
                             raise DataError(
                                 f"{scene.path}: cannot read pixels at row {y0}, column {x0} "
-                                f"(damaged or truncated file? {_short(exc)})"
+                                f"(damaged or truncated file? {first_line(exc)})"
                             ) from None
                         if valid is not None and not valid.any():
                             pending.append(WindowItem(r, c, None, valid))
@@ -333,11 +325,6 @@ UINT8_SCALE = 254
 UINT8_NODATA = 255
 
 
-def temp_path(target: Path, suffix: str) -> Path:
-    """A hidden, unique temporary path beside ``target`` (same file system for os.replace)."""
-    return target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}{suffix}"
-
-
 class ProbWriter:
     """Stream stitched blocks into a temporary tiled GeoTIFF, then publish a COG atomically.
 
@@ -352,8 +339,9 @@ class ProbWriter:
             raise LandslideError(f"--prob-dtype must be one of {', '.join(PROB_DTYPES)}")
         self.target, self.scene, self.dtype = Path(target), scene, dtype
         self.nodata = UINT8_NODATA if dtype == "uint8" else float("nan")
+        self._staged = Staged(self.target, ".cog.tif")  # also removes stale temporaries
         self.stream_path = temp_path(self.target, ".stream.tif")
-        self.cog_path = temp_path(self.target, ".cog.tif")
+        self.cog_path = self._staged.tmp
         profile = {
             "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1,
             "dtype": dtype, "crs": scene.crs, "transform": scene.transform,
@@ -365,7 +353,7 @@ class ProbWriter:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self.stream_path, "w", **profile)
         except RasterioError as exc:
-            raise LandslideError(f"cannot write {self.target}: {_short(exc)}") from None
+            raise LandslideError(f"cannot write {self.target}: {first_line(exc)}") from None
 
     def encode(self, block: Block) -> np.ndarray:
         valid = block.valid
@@ -406,25 +394,21 @@ class ProbWriter:
                              BLOCKXSIZE="512", BLOCKYSIZE="512", COMPRESS="DEFLATE",
                              PREDICTOR=predictor, COPY_SRC_OVERVIEWS="YES", BIGTIFF="IF_SAFER")
         except RasterioError as exc:
-            raise LandslideError(f"cannot write {self.target}: {_short(exc)}") from None
+            raise LandslideError(f"cannot write {self.target}: {first_line(exc)}") from None
         finally:
             self.stream_path.unlink(missing_ok=True)
             Path(str(self.stream_path) + ".ovr").unlink(missing_ok=True)
 
     def commit(self) -> None:
         """Rename the finished COG onto the target."""
-        try:
-            os.replace(self.cog_path, self.target)
-        except OSError as exc:
-            raise LandslideError(f"cannot write {self.target}: {exc.strerror}") from None
+        self._staged.commit()
 
     def cleanup(self) -> None:
         if not self._ds.closed:
             self._ds.close()
-        for p in (self.stream_path, self.cog_path):
-            p.unlink(missing_ok=True)
-            Path(str(p) + ".ovr").unlink(missing_ok=True)
-            Path(str(p) + ".aux.xml").unlink(missing_ok=True)
+        self._staged.cleanup()
+        for side in ("", ".ovr", ".aux.xml"):
+            Path(str(self.stream_path) + side).unlink(missing_ok=True)
 
 
 def _has_cog() -> bool:

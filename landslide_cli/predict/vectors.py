@@ -8,7 +8,6 @@ only when a polygon is complete.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import warnings
 from collections.abc import Callable
@@ -24,8 +23,8 @@ import shapely.geometry
 from affine import Affine
 
 from landslide_cli.errors import LandslideError
-from landslide_cli.predict.raster import temp_path
 from landslide_cli.predict.windows import Block
+from landslide_cli.safety import Staged, first_line
 
 # ---------------------------------------------------------------------------- polygonizing
 
@@ -436,7 +435,8 @@ class GpkgWriter:
     def __init__(self, target: Path, crs: Any) -> None:
         self.target = Path(target)
         self.crs = crs
-        self.tmp = temp_path(self.target, ".tmp.gpkg")
+        self._staged = Staged(self.target, ".tmp.gpkg")
+        self.tmp = self._staged.tmp
         self.features = 0
         self._create_landslides()
 
@@ -454,7 +454,7 @@ class GpkgWriter:
                 warnings.simplefilter("ignore", UserWarning)  # e.g. "'crs' was not provided"
                 pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", **kw)
         except Exception as exc:
-            raise LandslideError(f"cannot write {self.target}: {_first(exc)}") from None
+            raise LandslideError(f"cannot write {self.target}: {first_line(exc)}") from None
 
     def _create_landslides(self) -> None:
         import pandas as pd
@@ -513,16 +513,7 @@ class GpkgWriter:
             con.close()
 
     def commit(self) -> None:
-        try:
-            os.replace(self.tmp, self.target)
-        except OSError as exc:
-            raise LandslideError(f"cannot write {self.target}: {exc.strerror}") from None
+        self._staged.commit()
 
     def cleanup(self) -> None:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            Path(str(self.tmp) + suffix).unlink(missing_ok=True)
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+        self._staged.cleanup()
