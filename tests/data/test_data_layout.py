@@ -131,8 +131,9 @@ def test_bad_roots_and_empty_splits(tmp_path, cas_tree):
 def test_folder_layouts_on_shared_tiles(shared_data):
     base = shared_data / "landslides"
     tiles = open_dataset("folder", base, split="all")
-    assert tiles.regions == ["bijie", "hokkaido", "sichuan"]
-    assert tiles.region_counts() == {"bijie": 36, "hokkaido": 20, "sichuan": 36}
+    assert tiles.regions == ["amunet_uav", "bijie", "hokkaido", "sichuan"]
+    assert tiles.region_counts() == {"amunet_uav": 642, "bijie": 36, "hokkaido": 20,
+                                     "sichuan": 36}
     hok = next(i for i, s in enumerate(tiles) if s.region == "hokkaido")
     assert tiles[hok].image_path.suffix == ".tif" and tiles[hok].mask_path.suffix == ".png"
     image, mask = tiles.read(hok)
