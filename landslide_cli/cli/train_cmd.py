@@ -84,8 +84,8 @@ def distill(
                                panel=_DATA),
     scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength (default: 0).",
                                panel=_DATA),
-    num_workers: int = _opt("--num-workers", help="DataLoader workers (default: 4).",
-                            panel=_DATA),
+    num_workers: int = _opt("--num-workers", help="DataLoader workers per process "
+                            "(default: min(4, CPU cores available)).", panel=_DATA),
     out: Path = _opt("--out", "-o", help="Run folder (checkpoints, config.yaml, metrics.csv).",
                      panel=_RUN),
     config: Path = _opt("--config", "-c", help="YAML file of options (flags win).", panel=_RUN),
@@ -205,8 +205,8 @@ def segment(
                                panel=_DATA),
     scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength (default: 0).",
                                panel=_DATA),
-    num_workers: int = _opt("--num-workers", help="DataLoader workers (default: 4).",
-                            panel=_DATA),
+    num_workers: int = _opt("--num-workers", help="DataLoader workers per process "
+                            "(default: min(4, CPU cores available)).", panel=_DATA),
     out: Path = _opt("--out", "-o", help="Run folder (checkpoints, config.yaml, metrics.csv).",
                      panel=_RUN),
     config: Path = _opt("--config", "-c", help="YAML file of options (flags win).", panel=_RUN),
@@ -233,8 +233,8 @@ def segment(
                         "(default: dcf).", panel=_MODEL),
     decoder_width: int = _opt("--decoder-width", help="Decoder width (default: 128).",
                               panel=_MODEL),
-    init: Path = _opt("--init", help="Backbone checkpoint from `landslide train distill`.",
-                      panel=_MODEL),
+    init: Path = _opt("--init", help="Backbone checkpoint from `landslide train distill`, or "
+                      "its run folder (its last.safetensors).", panel=_MODEL),
     pretrained: bool = _opt("--pretrained/--random-init", help="Start the backbone from timm "
                             "(ImageNet) weights.", panel=_MODEL),
     weights: Path = _opt("--weights", help="Local timm weights file for the backbone.",

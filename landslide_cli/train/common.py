@@ -39,6 +39,13 @@ def open_split(cfg: TrainConfig, split: str, *, what: str = "training") -> Any:
         regions = f" (regions {', '.join(cfg.regions)})" if cfg.regions else ""
         raise DataError(f"{cfg.dataset} data set {root}: the {split!r} split used for "
                         f"{what} is empty{regions}")
+    if not cfg.skip_bad:  # (with skip_bad, open_dataset has already dropped bad tiles)
+        # every mask (values, size) and image header up front: a bad tile found by a
+        # DataLoader worker in the middle of an epoch would stop the run there
+        try:
+            tiles.validate()
+        except DataError as exc:
+            raise DataError(f"{exc} ({what} data; --skip-bad leaves such tiles out)") from None
     return tiles
 
 

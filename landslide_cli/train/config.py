@@ -19,6 +19,7 @@ An optional ``phase: distill|segment`` key guards against feeding one phase's fi
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +45,28 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "teacher_init": ("pretrained", "random"),
 }
 
+#: most DataLoader workers chosen automatically (more rarely helps with tiles of this size)
+MAX_AUTO_WORKERS = 4
+
+
+def default_num_workers() -> int:
+    """DataLoader workers when ``--num-workers`` is not given: ``min(4, CPUs / processes)``.
+
+    CPUs are the ones this process may run on (``os.sched_getaffinity``: respects taskset,
+    cgroup CPU sets and batch-job allocations), shared by the ``LOCAL_WORLD_SIZE`` processes
+    torchrun starts on this node; at least 1. Asking for more workers than CPUs makes PyTorch
+    warn and only adds contention.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, min(MAX_AUTO_WORKERS, cpus // local))
+
 
 @dataclass
 class TrainConfig:
@@ -67,7 +90,9 @@ class TrainConfig:
     batch_size: int = 8
     #: random-crop size of training tiles
     size: int = 512
-    num_workers: int = 4
+    #: DataLoader workers per process; None: :func:`default_num_workers` of the machine the
+    #: run is on (also when resumed elsewhere); see :attr:`workers`
+    num_workers: int | None = None
     seed: int = 0
     device: str = "auto"
     #: mixed precision on CUDA (ignored on CPU)
@@ -101,6 +126,11 @@ class TrainConfig:
                 data.pop(name, None)
         return data
 
+    @property
+    def workers(self) -> int:
+        """The DataLoader workers to use: ``num_workers``, or the machine's default."""
+        return default_num_workers() if self.num_workers is None else self.num_workers
+
     def validate(self) -> None:
         for name, choices in CHOICES.items():
             if hasattr(self, name) and getattr(self, name) not in choices:
@@ -109,7 +139,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "size"):
             if getattr(self, name) < 1:
                 raise LandslideError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.num_workers < 0:
+        if self.num_workers is not None and self.num_workers < 0:
             raise LandslideError("--num-workers must be >= 0")
         if self.stop_after is not None and self.stop_after < 1:
             raise LandslideError("--stop-after must be >= 1")

@@ -221,6 +221,27 @@ def eval_loader(dataset: Dataset, *, batch_size: int, ctx: DistContext, num_work
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
 
+def worker_errors(loader: Any) -> Iterator[Any]:
+    """Iterate ``loader``; a :class:`LandslideError` raised in a DataLoader worker comes back
+    as its own one-line message (PyTorch re-raises it with the worker's traceback in the
+    message text)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except LandslideError as exc:
+            text = str(exc)
+            if "Original Traceback" not in text:
+                raise
+            last = text.rstrip().splitlines()[-1]
+            name, sep, message = last.partition(": ")
+            raise type(exc)(message if sep and name.endswith(type(exc).__name__)
+                            else last) from None
+        yield batch
+
+
 # --------------------------------------------------------------------------- logging
 
 class MetricsLog:
@@ -424,13 +445,36 @@ def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor], what
 
 # --------------------------------------------------------------------------- run directory
 
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    """Check ``--out``/``--resume`` before any work (nothing is created here)."""
+def kept_files(run_dir: Path) -> list[str]:
+    """What makes ``run_dir`` a run worth keeping: the resume state and model checkpoints
+    (every ``*.safetensors`` file in it), sorted; empty for a folder without any."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.glob("*.safetensors") if p.is_file())
+
+
+def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None) -> Path:
+    """Check ``--out``/``--resume`` before any work (nothing is created or removed here).
+
+    A folder that holds a ``config.yaml`` but no state and no checkpoint is a run killed during
+    its first epoch: there is nothing to lose, so ``--out`` on it starts the run again (the
+    stale start-up files are replaced by :func:`fit`) and ``--resume`` on it starts its saved
+    configuration from epoch 1 (``cfg.resume`` is cleared); either prints a one-line note.
+    A folder with state or checkpoints is never overwritten.
+    """
+    show = (ctx is None or ctx.is_main) and not cfg.quiet
     if cfg.resume:
         run_dir = Path(cfg.resume)
-        if not (run_dir / STATE_FILE).is_file():
-            raise LandslideError(f"--resume {run_dir}: no {STATE_FILE} there (the run did not "
-                                 "finish an epoch)")
+        if (run_dir / STATE_FILE).is_file():
+            return run_dir
+        kept = kept_files(run_dir)
+        if kept:
+            raise LandslideError(f"--resume {run_dir}: no {STATE_FILE} there (only "
+                                 f"{', '.join(kept)}), so it cannot be continued; start a new "
+                                 "run in another --out folder")
+        _say(show, f"--resume {run_dir}: no epoch was completed there, nothing to resume; "
+                   f"starting the run from epoch 1 with its {CONFIG_FILE}")
+        cfg.resume = None
         return run_dir
     if not cfg.out:
         raise LandslideError("--out RUN_DIR is required")
@@ -438,9 +482,13 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     if run_dir.exists():
         if not run_dir.is_dir():
             raise LandslideError(f"--out {run_dir} exists and is not a folder")
-        if (run_dir / STATE_FILE).exists() or (run_dir / CONFIG_FILE).exists():
-            raise LandslideError(f"--out {run_dir} already holds a run; continue it with "
-                                 f"--resume {run_dir} or choose another folder")
+        kept = kept_files(run_dir)
+        if kept:
+            raise LandslideError(f"--out {run_dir} already holds a run ({', '.join(kept)}); "
+                                 f"continue it with --resume {run_dir} or choose another folder")
+        if (run_dir / CONFIG_FILE).exists():
+            _say(show, f"--out {run_dir}: the run there stopped before completing an epoch "
+                       f"(no {STATE_FILE}); starting it again")
     return run_dir
 
 
@@ -453,7 +501,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
     main = ctx.is_main
     show = main and not (cfg.quiet or cli_state.quiet)
     loader = EpochLoader(task.train_dataset, batch_size=cfg.batch_size, seed=cfg.seed, ctx=ctx,
-                         num_workers=cfg.num_workers,
+                         num_workers=cfg.workers,
                          pin_memory=ctx.device.type == "cuda")
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -477,6 +525,9 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             _say(show, f"run {run_dir} already finished {start_epoch} epochs")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if (run_dir / CONFIG_FILE).exists():
+            # start-up files of a run that never completed an epoch (see prepare_run_dir)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
         save_config(cfg, run_dir / CONFIG_FILE)
     ctx.barrier()
 
@@ -498,7 +549,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             count = torch.zeros((), dtype=acc)
             seen = 0
             last_logged = 0
-            for i, batch in enumerate(loader.epoch(epoch)):
+            for i, batch in enumerate(worker_errors(loader.epoch(epoch))):
                 terms = task.train_step(batch)
                 n = task.batch_size_of(batch)
                 seen += n
@@ -598,7 +649,7 @@ def run_phase(cfg: TrainConfig, build_task: Callable[[Any, DistContext], Any]) -
     cfg.validate()
     ctx = setup(cfg.device)
     try:
-        run_dir = prepare_run_dir(cfg)
+        run_dir = prepare_run_dir(cfg, ctx)
         task = build_task(cfg, ctx)
         result = fit(task, cfg, ctx, run_dir)
     except BaseException:

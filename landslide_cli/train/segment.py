@@ -32,6 +32,7 @@ from landslide_cli.train.engine import (
     make_scaler,
     run_phase,
     seed_everything,
+    worker_errors,
 )
 from landslide_cli.train.losses import SegmentationLoss
 from landslide_cli.train.result import TrainResult
@@ -135,8 +136,8 @@ class SegmentTask(TrainTask):
         model.eval()
         per_region = {r: PRHistogram(bins) for r in self.regions}
         loader = eval_loader(self.val_dataset, batch_size=cfg.val_batch_size, ctx=self.ctx,
-                             num_workers=min(cfg.num_workers, 2), shapes=self.val_shapes())
-        for batch in loader:
+                             num_workers=min(cfg.workers, 2), shapes=self.val_shapes())
+        for batch in worker_errors(loader):
             x = batch["image"].to(dev, non_blocking=True)
             with autocast(dev, self.dtype):
                 logits = model(x)
@@ -269,6 +270,36 @@ class SegmentTask(TrainTask):
 
 # ---------------------------------------------------------------------- building
 
+#: what ``--init RUN_DIR`` takes from a run folder (a distillation run writes only ``last``)
+INIT_FILE = "last.safetensors"
+
+
+def resolve_init(ref: str | Path) -> Path:
+    """The checkpoint file ``--init ref`` means, or raise one line.
+
+    An existing file is used as is; an existing folder (a ``landslide train distill`` run
+    folder) gives its ``last.safetensors``; only a path that does not exist is looked up among
+    the shipped model names.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        found = path / INIT_FILE
+        if found.is_file():
+            return found
+        raise CheckpointError(f"--init {path}: the folder holds no {INIT_FILE} (give a run "
+                              "folder of `landslide train distill` that completed an epoch, "
+                              "or a checkpoint file)")
+    if path.exists():
+        return path
+    from landslide_cli.zoo.loading import shipped_models
+
+    shipped = shipped_models().get(str(ref))
+    if shipped is not None:
+        return shipped
+    raise CheckpointError(f"--init {ref}: checkpoint not found (neither a file nor a run "
+                          "folder)")
+
+
 def load_init(path: str | Path, model: Segmenter) -> dict[str, Any]:
     """Load a phase-1 backbone checkpoint into ``model.backbone``, or raise one line."""
     from landslide_cli.zoo.registries import BACKBONES
@@ -318,6 +349,9 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext) -> SegmentTask:
     if cfg.val_split.lower() != "none":
         val_tiles = common.open_split(cfg, cfg.val_split, what="validation")
     overrides = dict(cfg.input or {})
+    if cfg.init:
+        # the file, not the folder, goes into config.yaml and the checkpoint metadata
+        cfg.init = str(resolve_init(cfg.init))
     init_meta = read_metadata(cfg.init) if cfg.init else None
     if init_meta is not None and init_meta.kind == "backbone" and not cfg.input:
         # keep the normalisation the backbone was distilled with
