@@ -100,7 +100,7 @@ def test_check_target_refuses_inputs_even_with_overwrite(tmp_path):
             check_target(target, overwrite=True, inputs=[scene])
     with pytest.raises(LandslideError, match="already exists"):
         check_target(scene, overwrite=False)
-    with pytest.raises(LandslideError, match="expected a .png file name"):
+    with pytest.raises(LandslideError, match=r"expected a \.png file name"):
         check_target(tmp_path / "q.jpg", overwrite=False, suffixes=(".png",))
     with pytest.raises(LandslideError, match="is a folder"):
         check_target(tmp_path, overwrite=True)

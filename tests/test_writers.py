@@ -23,8 +23,8 @@ from landslide_cli.errors import LandslideError
 
 sys.path.insert(0, str(Path(__file__).parent / "predict"))
 sys.path.insert(0, str(Path(__file__).parent / "data"))
-from _predict_helpers import bright_standin, write_tif  # noqa: E402
-from _tiles import tile_pair, write_raster  # noqa: E402
+from _predict_helpers import bright_standin, write_tif
+from _tiles import tile_pair, write_raster
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 

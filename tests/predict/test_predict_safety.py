@@ -90,7 +90,7 @@ def test_a_quicklook_failure_mid_write_leaves_no_output(scene, tmp_path, monkeyp
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
     out, prob, look = tmp_path / "a.gpkg", tmp_path / "p.tif", tmp_path / "q.png"
-    with pytest.raises(LandslideError, match="q.png: No space left on device"):
+    with pytest.raises(LandslideError, match=r"q\.png: No space left on device"):
         predict_scenes(scene, out, model=bright_standin(), tile=64, prob_out=prob,
                        quicklook=look, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
