@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from landslide_cli.devices import resolve_device
+from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import InputSpec
-from landslide_cli.registry import Registry
+from landslide_cli.registry import Registry, canonical
 
 
 @runtime_checkable
@@ -65,16 +66,46 @@ class TorchBackend:
         return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
 
 
-#: name -> ``factory(model_ref, *, device) -> Backend``
+def _onnx_backend(model_ref: str | Path | None = None, *, device: str = "auto",
+                  **options: object) -> Backend:
+    """Open an ``.onnx`` file with ONNX Runtime (imported only when this backend is used)."""
+    from landslide_cli.onnx_backend import OnnxBackend
+
+    return OnnxBackend(model_ref, device=device, **options)  # type: ignore[arg-type]
+
+
+#: name -> ``factory(model_ref, *, device) -> Backend``. Every backend is listed here up front
+#: (so errors and help name them all); heavy runtimes are imported by their factory.
 BACKENDS: Registry = Registry("backend")
 BACKENDS.add("torch", TorchBackend, description="PyTorch eager (CPU or CUDA)")
+BACKENDS.add("onnx", _onnx_backend, description="ONNX Runtime (CUDA execution provider if "
+             "available, else CPU) on a file from `landslide export`")
+
+#: what ``--backend`` accepts: ``auto`` plus every registered backend
+AUTO = "auto"
+
+
+def backend_choices() -> list[str]:
+    """``["auto", "torch", "onnx", ...]``: every value ``--backend`` accepts."""
+    return [AUTO, *BACKENDS.names()]
+
+
+def check_backend(name: str) -> str:
+    """``"auto"`` or the registered backend called ``name``; else a one-line error that lists
+    every choice (cheap: no runtime is imported)."""
+    text = str(name or "").strip()
+    if canonical(text) == AUTO:
+        return AUTO
+    if text not in BACKENDS:
+        raise LandslideError(f"unknown backend {text!r}; choose one of: "
+                             f"{', '.join(backend_choices())}")
+    return BACKENDS.resolve(text)
 
 
 def open_backend(model_ref: str | Path | None = None, *, backend: str = "auto",
                  device: str = "auto") -> Backend:
     """Open ``model_ref`` with the named backend; ``auto`` picks ONNX for ``.onnx`` files."""
-    if backend == "auto":
+    backend = check_backend(backend)
+    if backend == AUTO:
         backend = "onnx" if str(model_ref or "").lower().endswith(".onnx") else "torch"
-    if backend == "onnx" and "onnx" not in BACKENDS:
-        import landslide_cli.onnx_backend  # noqa: F401 - registers "onnx"
     return BACKENDS.build(backend, model_ref, device=device)

@@ -166,6 +166,65 @@ def load_checkpoint(path: str | Path) -> tuple[CheckpointMeta, dict[str, torch.T
     return meta, tensors
 
 
+#: first bytes of a pickle with protocol 2..5 (``torch.save(..., _use_new_zipfile_serialization=
+#: False)`` and plain ``pickle.dump``); ``torch.save`` itself writes a zip holding ``data.pkl``
+_PICKLE_PROTOCOLS = range(2, 6)
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sniff_format(path: Path) -> str | None:
+    """``"pickle"``, ``"onnx"`` or ``None`` (unknown) for a file that is not a safetensors file.
+
+    Only meant for files safetensors already refused: a valid safetensors header can start
+    with the same two bytes as a pickle. Nothing is unpickled; ONNX is recognised by the
+    ``.onnx`` suffix or the first protobuf field (``ir_version``) and then parsed by ``onnx``.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return None
+    if head.startswith(_ZIP_MAGIC):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        return "pickle" if any(n.endswith(".pkl") for n in names) else None
+    if len(head) >= 2 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS:
+        return "pickle"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":
+        return "onnx" if _parses_as_onnx(path) else None
+    return None
+
+
+def _parses_as_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # not protobuf, not ONNX, or onnx missing
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def foreign_format_message(path: Path) -> str | None:
+    """A one-line explanation for a model file of another format, or ``None``."""
+    kind = sniff_format(path)
+    if kind == "pickle":
+        return (f"{path}: is a pickle file (e.g. a .pt/.pth from torch.save), not a landslide "
+                "checkpoint; pickle checkpoints are refused because loading one can run "
+                "arbitrary code. Convert it in code you trust: torch.load(it, weights_only=True), "
+                "then write the state dict with landslide_cli.checkpoint.save_checkpoint")
+    if kind == "onnx":
+        auto = " (or --backend auto)" if path.suffix.lower() == ".onnx" else ""
+        return (f"{path}: is an ONNX model, not a landslide checkpoint; predict and eval run it "
+                f"with --backend onnx{auto}")
+    return None
+
+
 def _open(path: Path) -> tuple[CheckpointMeta, Any]:
     from safetensors import safe_open
 
@@ -178,7 +237,8 @@ def _open(path: Path) -> tuple[CheckpointMeta, Any]:
         header = handle.metadata() or {}
     except Exception as exc:
         raise CheckpointError(
-            f"{path}: not a landslide checkpoint (unreadable safetensors: {_short(exc)})"
+            foreign_format_message(path)
+            or f"{path}: not a landslide checkpoint (unreadable safetensors: {_short(exc)})"
         ) from None
     if header.get("format") != FORMAT:
         raise CheckpointError(

@@ -23,6 +23,9 @@ import numpy as np
 
 from landslide_cli.checkpoint import atomic_write
 from landslide_cli.data import TileSet, open_dataset, select_bands
+from landslide_cli.data.base import nfc
+from landslide_cli.data.datasets import canonical_region
+from landslide_cli.data.splits import SPLITS, load_split_file
 from landslide_cli.errors import DataError, LandslideError
 from landslide_cli.metrics import (
     ConfusionMatrix,
@@ -85,6 +88,10 @@ class EvalReport:
     objects_per_region: dict[str, ObjectCounts] = field(default_factory=dict)
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: one-line warnings about the evaluation itself (e.g. tiles the model was trained on)
+    warnings: list[str] = field(default_factory=list)
+    #: how many evaluated tiles are in the model's own training split (:func:`training_overlap`)
+    training_overlap: dict[str, Any] = field(default_factory=dict)
     _tileset: TileSet | None = field(default=None, repr=False)
     _backend: Any = field(default=None, repr=False)
 
@@ -128,6 +135,8 @@ class EvalReport:
         out["best_threshold"] = self.best_threshold
         out["model"] = self.model
         out["dataset"] = {**self.dataset, "skipped": len(self.skipped)}
+        out["training_overlap"] = self.training_overlap
+        out["warnings"] = list(self.warnings)
         out["runtime"] = {"seconds": round(self.seconds, 3),
                           "tiles_per_second": round(len(self.tiles) / self.seconds, 3)
                           if self.seconds else None}
@@ -199,6 +208,82 @@ def _write_text(path: Path, text: str) -> Path:
         raise LandslideError(f"cannot write {path}: folder {path.parent} does not exist")
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), suffix=path.suffix)
     return path
+
+
+# ----------------------------------------------------------------------- training overlap
+
+
+def tile_key(region: str, name: str) -> tuple[str, str]:
+    """Key matching a tile across data sets and machines: the region (source) name ignoring
+    case, brackets and spaces, and the file stem (NFC, case-folded), as split files record
+    them (``region/name``)."""
+    return canonical_region(region), nfc(name).casefold()
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    region, _, name = key.rpartition("/")
+    return tile_key(region, name)
+
+
+def find_training_split(metadata: dict[str, Any], model_path: str | Path | None = None,
+                        ) -> tuple[str | None, Path | None, str]:
+    """``(recorded, found, split)``: the split file a model's metadata names for its training
+    data (``training.dataset.split_file``), the file found for it (``None`` if none), and the
+    split the model was trained on (``train`` unless recorded otherwise).
+
+    A relative recorded path was relative to the training run's working directory; it is
+    looked for next to the model file (by file name), then relative to the current folder.
+    """
+    training = metadata.get("training") if isinstance(metadata, dict) else None
+    dataset = training.get("dataset") if isinstance(training, dict) else None
+    if not isinstance(dataset, dict) or not dataset.get("split_file"):
+        return None, None, "train"
+    recorded = str(dataset["split_file"])
+    split = str(dataset.get("split") or "train")
+    given = Path(recorded).expanduser()
+    candidates: list[Path] = [given] if given.is_absolute() else []
+    if model_path is not None:
+        candidates.append(Path(model_path).parent / given.name)
+    if not given.is_absolute():
+        candidates.append(Path.cwd() / given)
+    found = next((c for c in candidates if c.is_file()), None)
+    return recorded, found, split
+
+
+def training_overlap(metadata: dict[str, Any], model_path: str | Path | None,
+                     tiles: list[tuple[str, str]]) -> dict[str, Any]:
+    """Which of ``tiles`` (``(region, name)`` pairs) the model saw in training, from the split
+    file its metadata records. Returns ``{"checked", "split_file", "split", "tiles",
+    "in_training", "in_validation", "examples"}`` or ``{"checked": False, "reason"}``."""
+    recorded, found, split = find_training_split(metadata, model_path)
+    if recorded is None:
+        return {"checked": False, "reason": "the model's metadata records no training split file"}
+    if found is None:
+        return {"checked": False, "split_file": recorded,
+                "reason": f"training split file {recorded} not found"}
+    try:
+        assignment = load_split_file(found)
+    except LandslideError as exc:
+        return {"checked": False, "split_file": str(found), "reason": str(exc)}
+    trained = SPLITS if split == "all" else (split,) if split in SPLITS else ("train",)
+    train_keys = {_split_key(k) for s in trained for k in assignment.keys(s)}
+    val_keys = {_split_key(k) for k in assignment.val} - train_keys
+    seen = [f"{r}/{n}" for r, n in tiles if tile_key(r, n) in train_keys]
+    return {"checked": True, "split_file": str(found), "split": split, "tiles": len(tiles),
+            "in_training": len(seen),
+            "in_validation": sum(tile_key(r, n) in val_keys for r, n in tiles),
+            "examples": seen[:5]}
+
+
+def _overlap_warning(overlap: dict[str, Any]) -> str | None:
+    k = overlap.get("in_training", 0)
+    if not overlap.get("checked") or not k:
+        return None
+    n = overlap["tiles"]
+    which = "all" if k == n else f"{k} of"
+    return (f"{which} {n} evaluated tile(s) are in the model's own {overlap['split']} split "
+            f"({overlap['split_file']}, e.g. {overlap['examples'][0]}): these metrics are not "
+            "on unseen data")
 
 
 # --------------------------------------------------------------------------- prediction
@@ -423,10 +508,17 @@ def evaluate(
     stats.sort(key=lambda t: t.index)
     info = tiles.info()
     info.update(tiles=len(stats), pixels=metrics.overall.total)
+    overlap = training_overlap(getattr(be, "metadata", {}) or {},
+                               getattr(be, "model_path", None),
+                               [(t.region, t.name) for t in stats])
+    notes = [w for w in (_overlap_warning(overlap),) if w]
+    for note in notes:
+        log.info("%s", note)
     return EvalReport(metrics=metrics, threshold=thr, histogram=hist, tiles=stats,
                       model=_model_info(be), dataset=info, objects=obj_total,
                       objects_per_region=dict(sorted(obj_region.items())), seconds=seconds,
-                      skipped=skipped, _tileset=tiles, _backend=be)
+                      skipped=skipped, warnings=notes, training_overlap=overlap,
+                      _tileset=tiles, _backend=be)
 
 
 # ------------------------------------------------------------------------------- figure

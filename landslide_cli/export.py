@@ -342,7 +342,10 @@ def export_onnx(
                 f"exceeds {parity.tolerance:g}; {out} was not written"
             )
 
-    atomic_write(out, lambda tmp: tmp.write_bytes(payload), suffix=".onnx.tmp")
+    try:
+        atomic_write(out, lambda tmp: tmp.write_bytes(payload), suffix=".onnx.tmp")
+    except OSError as exc:
+        raise LandslideError(f"cannot write {out}: {exc.strerror or _short(exc)}") from None
     return ExportReport(
         path=out, size_bytes=out.stat().st_size, opset=opset, tile=tile, bands=list(spec.bands),
         fp16=fp16, dynamic_batch=dynamic_batch, exporter=EXPORTERS.resolve(exporter),
@@ -392,12 +395,21 @@ def parse_metadata(props: dict[str, str], *, source: str) -> dict[str, Any]:
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse a target that cannot or should not be written, before any work is done."""
     if out.is_dir():
         raise LandslideError(f"--out {out} is a folder; give a file name such as model.onnx")
+    if out.suffix.lower() != ".onnx":
+        raise LandslideError(f"--out {out}: an exported model must be an .onnx file "
+                             f"(e.g. {out.with_suffix('.onnx').name})")
+    folder = out.parent
+    if not folder.exists():
+        raise LandslideError(f"cannot write {out}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise LandslideError(f"cannot write {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LandslideError(f"cannot write {out}: folder {folder} is not writable")
     if out.exists() and not overwrite:
         raise LandslideError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.parent.is_dir():
-        raise LandslideError(f"cannot write {out}: folder {out.parent} does not exist")
 
 
 def _exported_meta(meta: dict[str, Any], tile: int) -> dict[str, Any]:

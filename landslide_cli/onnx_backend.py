@@ -1,9 +1,9 @@
 """ONNX Runtime backend: runs a file written by ``landslide export`` behind the Backend protocol.
 
-Importing this module registers ``"onnx"`` in :data:`landslide_cli.backends.BACKENDS`;
-:func:`~landslide_cli.backends.open_backend` does so lazily. The exported graph already returns
-the landslide probability ``(N, H, W)``, so :meth:`OnnxBackend.predict` only validates shapes,
-splits batches for static-batch models and calls ONNX Runtime.
+The ``"onnx"`` entry of :data:`landslide_cli.backends.BACKENDS` imports this module (and ONNX
+Runtime) only when that backend is opened. The exported graph already returns the landslide
+probability ``(N, H, W)``, so :meth:`OnnxBackend.predict` only validates shapes, splits batches
+for static-batch models and calls ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from landslide_cli.backends import BACKENDS
 from landslide_cli.checkpoint import file_sha256
 from landslide_cli.errors import LandslideError
 from landslide_cli.export import INPUT_NAME, OUTPUT_NAME, parse_metadata
@@ -195,8 +194,3 @@ def _resolve_onnx_path(model_ref: str | Path | None) -> Path:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:200] if text else type(exc).__name__
-
-
-if "onnx" not in BACKENDS:
-    BACKENDS.add("onnx", OnnxBackend, description="ONNX Runtime (CUDA execution provider "
-                 "if available, else CPU) on a file from `landslide export`")

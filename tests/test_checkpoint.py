@@ -269,3 +269,76 @@ def test_atomic_write_gives_files_the_umask_mode_not_owner_only(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def _torch_save_zip(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.pt"
+    torch.save(_model().state_dict(), path)  # a zip holding archive/data.pkl
+    assert path.read_bytes()[:4] == b"PK\x03\x04"
+    return path
+
+
+def _torch_save_legacy(tmp_path: Path) -> Path:
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:2] == b"\x80\x02"  # pickle protocol 2
+    return path
+
+
+def _plain_pickle(tmp_path: Path) -> Path:
+    import pickle
+
+    path = tmp_path / "model.safetensors"  # the suffix does not matter: the bytes do
+    path.write_bytes(pickle.dumps({"w": [0.0, 1.0]}, protocol=4))
+    return path
+
+
+@pytest.mark.parametrize("make", [_torch_save_zip, _torch_save_legacy, _plain_pickle])
+def test_pickle_files_are_refused_with_the_reason_and_a_way_out(tmp_path, make, monkeypatch):
+    import pickle
+
+    path = make(tmp_path)
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    for load in (load_model, read_metadata):
+        with pytest.raises(CheckpointError) as info:
+            load(path)
+        msg = str(info.value)
+        assert "\n" not in msg and len(msg) < 400 and str(path) in msg
+        assert "pickle" in msg and "arbitrary code" in msg
+        assert "header too large" not in msg and "save_checkpoint" in msg
+
+
+def test_cli_refuses_a_pickle_model_with_one_line(tmp_path, run_cli):
+    path = _torch_save_zip(tmp_path)
+    res = run_cli("info", path)
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pickle" in lines[0] and "arbitrary code" in lines[0], res.stderr
+
+
+def test_a_zip_without_a_pickle_is_just_not_a_checkpoint(tmp_path):
+    import zipfile
+
+    path = tmp_path / "tiles.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.txt", "hello")
+    with pytest.raises(CheckpointError, match="not a landslide checkpoint") as info:
+        load_checkpoint(path)
+    assert "pickle" not in str(info.value).replace(str(path), "")
+
+
+def test_a_checkpoint_whose_header_starts_like_a_pickle_still_loads(tmp_path):
+    """safetensors starts with the header length (u64 LE): 640 reads as b"\\x80\\x02", like a
+    pickle. Such a file is a valid checkpoint and must not be mistaken for one."""
+    model = _model()
+    path = tmp_path / "pad.safetensors"
+    for pad in range(0, 1200, 8):
+        save_checkpoint(path, {"w": torch.zeros(2)}, _meta(model, name="x" * pad))
+        head = path.read_bytes()[:2]
+        if head[0] == 0x80 and head[1] in range(2, 6):  # header of 640, 896, 1152... bytes
+            break
+    else:  # pragma: no cover - the header format changed
+        pytest.fail("could not produce a safetensors header that starts like a pickle")
+    assert read_metadata(path).name == "x" * pad
+    assert load_checkpoint(path)[1]["w"].shape == (2,)

@@ -189,3 +189,106 @@ def test_default_model_is_named_or_a_clear_error(run_cli, tmp_path):
     root = _cas_tree(tmp_path / "CAS", n=1)
     res = run_cli("eval", "--dataset", "cas", "--root", root, "--split", "all")
     assert res.exit_code == 1 and "no default model" in res.stderr
+
+
+def _split_file(path: Path, train: list[str], val: list[str]) -> Path:
+    path.write_text(json.dumps({"format": "landslide-split", "version": 1, "seed": 0,
+                                "mode": "random", "train": train, "val": val, "test": []}),
+                    encoding="utf-8")
+    return path
+
+
+def _trained_checkpoint(path: Path, split_file: str, split: str = "train") -> Path:
+    """A tiny random-init checkpoint whose metadata says it was trained on ``split_file``."""
+    import torch
+
+    from landslide_cli.checkpoint import CheckpointMeta, save_checkpoint
+    from landslide_cli.zoo import build_segmenter, parse_spec
+
+    torch.manual_seed(0)
+    arch = parse_spec("pvt_v2_b0+dcf", decoder_width=32)
+    training = {"phase": "segment", "dataset": {"name": "cas", "split": split,
+                                                "split_file": split_file}}
+    meta = CheckpointMeta(kind="segmenter", architecture=arch.to_dict(), name=path.stem,
+                          training=training)
+    return save_checkpoint(path, build_segmenter(arch).state_dict(), meta)
+
+
+def test_cli_eval_warns_about_tiles_the_model_was_trained_on(run_cli, tmp_path, monkeypatch):
+    root = _cas_tree(tmp_path / "CAS", n=2)
+    models = tmp_path / "models"
+    models.mkdir()
+    # keys as split files record them (region/stem); region spelling and case do not matter
+    _split_file(models / "run.split.json", train=["longxi river (UAV)/LONG0001", "palu/palu0001"],
+                val=["palu/palu0002"])
+    ckpt = _trained_checkpoint(models / "run.safetensors", "runs/x/run.split.json")
+    out = tmp_path / "r.json"
+    monkeypatch.chdir(tmp_path)  # the recorded relative path only resolves next to the model
+    res = run_cli("eval", "--dataset", "cas", "--root", root, "--split", "all", "--model", ckpt,
+                  "--device", "cpu", "--json", out)
+    assert res.exit_code == 0, res.stderr
+    warned = [ln for ln in res.stderr.splitlines() if "training" in ln or "train split" in ln]
+    assert len(warned) == 1 and warned[0].startswith("warning:"), res.stderr
+    assert "2 of 6 evaluated tile(s) are in the model's own train split" in warned[0]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["warnings"] == [warned[0].removeprefix("warning: ")]
+    overlap = data["training_overlap"]
+    assert overlap["checked"] and overlap["split_file"] == str(models / "run.split.json")
+    assert (overlap["tiles"], overlap["in_training"], overlap["in_validation"]) == (6, 2, 1)
+    assert sorted(overlap["examples"]) == ["Longxi River（UAV）/Long0001", "palu/palu0001"]
+
+    res = run_cli("eval", "--dataset", "cas", "--root", root, "--split", "all", "--model", ckpt,
+                  "--device", "cpu", "--json", out, "--regions", "jiuzhai")
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["warnings"] == [] and data["training_overlap"]["in_training"] == 0
+
+
+def test_training_overlap_without_a_split_file(tmp_path):
+    from landslide_cli.evaluate import training_overlap
+
+    tiles = [("palu", "palu0001")]
+    assert training_overlap({}, None, tiles) == {
+        "checked": False, "reason": "the model's metadata records no training split file"}
+    meta = {"training": {"dataset": {"split": "train", "split_file": "gone/split.json"}}}
+    missing = training_overlap(meta, tmp_path / "m.safetensors", tiles)
+    assert not missing["checked"] and "not found" in missing["reason"]
+    bad = _split_file(tmp_path / "s.json", train=[], val=[])
+    bad.write_text("{", encoding="utf-8")
+    meta["training"]["dataset"]["split_file"] = str(bad)
+    assert not training_overlap(meta, None, tiles)["checked"]
+    _split_file(bad, train=["palu/palu0001"], val=[])
+    meta["training"]["dataset"]["split"] = "all"  # trained on every key of the file
+    assert training_overlap(meta, None, tiles)["in_training"] == 1
+
+
+def test_default_model_flags_its_own_training_tiles(shared_data, tmp_path, monkeypatch):
+    """The shipped model records its split file: real tiles it trained on are reported."""
+    from landslide_cli.checkpoint import read_metadata
+    from landslide_cli.zoo.loading import DEFAULT_MODEL, shipped_models
+
+    if DEFAULT_MODEL not in shipped_models():
+        pytest.skip("no default model bundled")
+    path = shipped_models()[DEFAULT_MODEL]
+    split = json.loads(path.with_name(f"{DEFAULT_MODEL}.split.json").read_text("utf-8"))
+    train = [k for k in split["train"] if k.startswith("bijie/")][:2]
+    val = [k for k in split["val"] if k.startswith("bijie/")][:1]
+    source = shared_data / "landslides" / "bijie"
+    root = tmp_path / "bijie"
+    for key in train + val:
+        for sub in ("img", "mask"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / sub / f"{key.split('/')[1]}.png", root / sub)
+
+    class StandIn(OracleBackend):  # the shipped model's metadata, a fast pixelwise model
+        model_path = path
+        model_name = DEFAULT_MODEL
+
+    model = StandIn()
+    model.metadata = read_metadata(path).to_dict()
+    monkeypatch.chdir(tmp_path)
+    report = evaluate(model, dataset="folder", root=root, split="all", progress=False)
+    overlap = report.to_json()["training_overlap"]
+    assert (overlap["tiles"], overlap["in_training"], overlap["in_validation"]) == (3, 2, 1)
+    assert sorted(overlap["examples"]) == sorted(train)
+    assert len(report.warnings) == 1 and "2 of 3 evaluated tile(s)" in report.warnings[0]

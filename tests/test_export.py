@@ -165,7 +165,7 @@ def test_cli_bad_model_files(run_cli, ckpt, exported, tmp_path):
     text = tmp_path / "notes.safetensors"
     text.write_text("hello")
     for model, message in [(text, "not a landslide checkpoint"),
-                           (exported.path, "not a landslide checkpoint"),
+                           (exported.path, "is an ONNX model, not a landslide checkpoint"),
                            (tmp_path / "missing.safetensors", "model not found")]:
         res = run_cli("export", model, "--out", tmp_path / "m.onnx")
         assert res.exit_code == 1, model
@@ -208,3 +208,69 @@ def test_rewrites_change_the_graph_not_the_math(ckpt, exported, tmp_path):
     assert fast.count((0, 3, 1, 2)) >= slow.count((0, 3, 1, 2)) + 8
     assert "Sigmoid" in ops(exported.path)
     assert ops(exported.path).count("Softmax") == ops(plain.path).count("Softmax") - 1
+
+
+def _refuses(res, message: str) -> None:
+    assert res.exit_code == 1 and "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert message in lines[0], res.stderr
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if the export loads a model (the target must be checked first)."""
+    import landslide_cli.zoo.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+
+
+def test_cli_refuses_a_target_that_is_not_an_onnx_file(run_cli, ckpt, tmp_path, no_work):
+    for name in ("m.txt", "m.onnx.bak", "model"):
+        res = run_cli("export", ckpt, "--out", tmp_path / name)
+        _refuses(res, "must be an .onnx file")
+    (tmp_path / "file").write_text("x")
+    res = run_cli("export", ckpt, "--out", tmp_path / "file" / "m.onnx")
+    _refuses(res, "is not a folder")
+    res = run_cli("export", ckpt, "--out", "/nonexistent/dir/m.onnx")
+    _refuses(res, "folder /nonexistent/dir does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_refuses_an_unwritable_folder(run_cli, ckpt, tmp_path, no_work, monkeypatch):
+    import os
+
+    import landslide_cli.export as export
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: then only the check itself is exercised
+        locked.chmod(0o555)
+    else:
+        real = os.access
+        monkeypatch.setattr(export.os, "access", lambda p, mode, **kw: (
+            False if Path(p) == locked else real(p, mode, **kw)))
+    try:
+        res = run_cli("export", ckpt, "--out", locked / "m.onnx")
+    finally:
+        locked.chmod(0o755)
+    _refuses(res, f"folder {locked} is not writable")
+    assert list(locked.iterdir()) == []
+
+
+def test_write_failure_is_one_line(ckpt, tmp_path, monkeypatch):
+    import landslide_cli.export as export
+    from landslide_cli.errors import LandslideError
+
+    def boom(path, write, **kw):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(export, "atomic_write", boom)
+    with pytest.raises(LandslideError, match=r"cannot write .*m\.onnx: No such file"):
+        export.export_onnx(ckpt, tmp_path / "m.onnx", check_parity=False)
+
+
+@pytest.mark.parametrize("tile", ["0", "-64", "16"])
+def test_cli_tile_too_small_is_one_line(run_cli, ckpt, tmp_path, tile, no_work):
+    res = run_cli("export", ckpt, "--out", tmp_path / "m.onnx", "--tile", tile)
+    _refuses(res, f"--tile {tile} is too small")

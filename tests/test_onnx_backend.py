@@ -250,3 +250,69 @@ def test_predict_cli_tile_mismatch(shared_data, onnx_path, tmp_path, run_cli):
                   "--out", tmp_path / "x.gpkg")
     assert res.exit_code == 1
     assert f"{TILE}x{TILE}" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_onnx_file_given_to_the_torch_backend_says_so(onnx_path, tmp_path):
+    from landslide_cli.backends import open_backend
+    from landslide_cli.errors import LandslideError
+
+    renamed = tmp_path / "model.bin"  # recognised by content, not only by suffix
+    renamed.write_bytes(onnx_path.read_bytes())
+    cases = [(onnx_path, "--backend onnx (or --backend auto)"),
+             (_foreign_onnx(tmp_path / "foreign.onnx"), "--backend onnx (or --backend auto)"),
+             (renamed, "--backend onnx")]
+    for path, hint in cases:
+        with pytest.raises(LandslideError) as info:
+            open_backend(path, backend="torch", device="cpu")
+        msg = str(info.value)
+        assert "is an ONNX model" in msg and hint in msg and "\n" not in msg, msg
+        assert "header too large" not in msg
+    assert "auto" not in str(info.value)  # auto would not pick onnx for a .bin file
+    text = tmp_path / "notes.onnx"  # an .onnx name alone does not make it ONNX
+    text.write_text("this is not a model\n")
+    with pytest.raises(LandslideError, match="not a landslide checkpoint") as info:
+        open_backend(text, backend="torch", device="cpu")
+    assert "ONNX" not in str(info.value)
+
+
+def test_predict_cli_onnx_model_with_torch_backend(onnx_path, tmp_path, run_cli):
+    scene = Path(__file__).resolve().parent.parent / "examples" / "hokkaido_iburi_2018_rgb.tif"
+    out = tmp_path / "x.gpkg"
+    res = run_cli("predict", scene, "--model", onnx_path, "--backend", "torch", "--out", out)
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "is an ONNX model" in lines[0] and "--backend onnx" in lines[0]
+    assert not out.exists()
+
+
+def test_unknown_backend_lists_every_choice(run_cli, tmp_path):
+    from landslide_cli.backends import BACKENDS, backend_choices, check_backend, open_backend
+    from landslide_cli.errors import LandslideError
+
+    assert backend_choices() == ["auto", "torch", "onnx"] and "onnx" in BACKENDS
+    assert check_backend("ONNX") == "onnx" and check_backend(" Auto ") == "auto"
+    with pytest.raises(LandslideError, match=r"choose one of: auto, torch, onnx$"):
+        open_backend(None, backend="tensorflow")
+    scene = Path(__file__).resolve().parent.parent / "examples" / "hokkaido_iburi_2018_rgb.tif"
+    for cmd in (("predict", scene, "--out", tmp_path / "x.gpkg"),
+                ("eval", "--root", tmp_path)):
+        res = run_cli(*cmd, "--backend", "tensorflow")
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.exit_code == 1 and len(lines) == 1, res.stderr
+        assert "unknown backend 'tensorflow'; choose one of: auto, torch, onnx" in lines[0]
+
+
+def test_backend_registry_does_not_import_onnxruntime():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from landslide_cli.backends import BACKENDS, check_backend\n"
+            "from landslide_cli.errors import LandslideError\n"
+            "assert BACKENDS.names() == ['torch', 'onnx'], BACKENDS.names()\n"
+            "try:\n    check_backend('tf')\nexcept LandslideError as e:\n    print(e)\n"
+            "assert 'onnxruntime' not in sys.modules and 'onnx' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().endswith("choose one of: auto, torch, onnx")

@@ -9,6 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from landslide_cli.backends import check_backend
 from landslide_cli.cli import common
 from landslide_cli.errors import LandslideError
 from landslide_cli.evaluate import KDA_PAPER, EvalReport, evaluate
@@ -113,6 +114,7 @@ def command(
                                        help="Write a PNG: worst/best tiles and the PR curve."),
 ) -> None:
     """Evaluate a model on labelled tiles: IoU, precision, recall, F1, mIoU, OA per region."""
+    check_backend(backend)
     for path in (json_path, csv_path, figure, split_file):
         _check_output(path)
     report = evaluate(
@@ -136,6 +138,8 @@ def command(
     )
     if report.skipped:
         common.warn(f"skipped {len(report.skipped)} bad tile(s); first: {report.skipped[0][1]}")
+    for note in report.warnings:
+        common.warn(note)
     if json_path is not None:
         common.info(f"wrote {report.write_json(json_path)}")
     if csv_path is not None:

@@ -8,6 +8,10 @@ import typer
 from rich.table import Table
 
 from landslide_cli.cli import common
+from landslide_cli.errors import LandslideError
+
+#: smallest --tile an export accepts (the library's limit, checked here before any work)
+MIN_TILE = 32
 
 
 def command(
@@ -19,9 +23,9 @@ def command(
     opset: int = typer.Option(17, "--opset", help="ONNX opset (13-20)."),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and compute (inputs and "
                               "outputs stay float32)."),
-    tile: int | None = typer.Option(None, "--tile", min=32, show_default=False,
-                                    help="Tile size baked into the graph (default: the "
-                                         "checkpoint's tile)."),
+    tile: int | None = typer.Option(None, "--tile", show_default=False,
+                                    help="Tile size baked into the graph, at least 32 "
+                                         "(default: the checkpoint's tile)."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
                                        help="Dynamic batch axis, or batch fixed to 1."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
@@ -42,6 +46,8 @@ def command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Export a segmentation model to ONNX (probabilities, fixed tile, metadata embedded)."""
+    if tile is not None and tile < MIN_TILE:
+        raise LandslideError(f"--tile {tile} is too small; use at least {MIN_TILE} pixels")
     from landslide_cli.export import export_onnx
 
     report = export_onnx(

@@ -9,6 +9,9 @@ import typer
 from landslide_cli.cli import common
 from landslide_cli.errors import LandslideError
 
+#: smallest --tile (window size) predict accepts
+MIN_TILE = 16
+
 
 def command(
     scenes: list[Path] = typer.Argument(..., help="GeoTIFF scene(s); several go into one file.",
@@ -53,8 +56,12 @@ def command(
     Writes layers `landslides` (id, scene, area_m2, perimeter_m, mean_prob, max_prob),
     `footprints` and the table `runs`, in the first scene's CRS, with a default QGIS style.
     """
+    from landslide_cli.backends import check_backend
     from landslide_cli.predict import predict_scenes
 
+    check_backend(backend)
+    if tile is not None and tile < MIN_TILE:
+        raise LandslideError(f"--tile {tile}: must be at least {MIN_TILE}")
     if quicklook is not None and not quicklook.parent.is_dir():
         raise LandslideError(f"cannot write {quicklook}: folder {quicklook.parent} does not exist")
     if quiet:

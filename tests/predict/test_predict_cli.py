@@ -247,7 +247,11 @@ def test_bad_options(run_cli, small_rgb, tmp_path, tiny_checkpoint):
     for args, words in [(["--overlap", "0.95"], ["overlap"]),
                         (["--bands", "a,b"], ["--bands"]),
                         (["--crs", "EPSG:999999"], ["--crs"]),
-                        (["--prob-dtype", "int16"], ["prob-dtype"])]:
+                        (["--prob-dtype", "int16"], ["prob-dtype"]),
+                        (["--tile", "0"], ["--tile 0", "at least 16"]),
+                        (["--tile", "-256"], ["--tile -256", "at least 16"]),
+                        (["--tile", "8"], ["--tile 8", "at least 16"]),
+                        (["--backend", "tensorflow"], ["choose one of: auto, torch, onnx"])]:
         res = run_cli("predict", small_rgb, "--out", out, "--model", tiny_checkpoint, *args)
         _assert_clean_failure(res, out, *words)
     res = run_cli("predict", small_rgb, "--out", tmp_path / "o.shp", "--model",
