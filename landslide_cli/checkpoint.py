@@ -13,10 +13,7 @@ Loading never unpickles anything: safetensors holds raw tensors only, and the me
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,17 +24,17 @@ import torch
 from landslide_cli import __version__
 from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.safety import atomic_write, first_line
+from landslide_cli.safety import sha256_file as file_sha256
+
+__all__ = ["CheckpointMeta", "atomic_write", "file_sha256", "load_checkpoint", "read_metadata",
+           "save_checkpoint"]
 from landslide_cli.zoo.spec import Architecture
 
 FORMAT = "landslide-checkpoint"
 FORMAT_VERSION = "1"
 KINDS = ("segmenter", "backbone")
 CLASSES = ["background", "landslide"]
-
-# mkstemp creates owner-only (0600) files; outputs get the usual mode from the umask instead.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 @dataclass
 class CheckpointMeta:
@@ -109,20 +106,6 @@ class CheckpointMeta:
         if not 0.0 <= meta.threshold <= 1.0:
             raise CheckpointError(f"{source}: threshold {meta.threshold} is outside [0, 1]")
         return meta
-
-
-def atomic_write(path: Path, write: Any, *, suffix: str = "") -> None:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path`` (same folder)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(
@@ -255,14 +238,4 @@ def _open(path: Path) -> tuple[CheckpointMeta, Any]:
     return CheckpointMeta.from_dict(data, source=str(path)), handle
 
 
-def file_sha256(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
+_short = first_line

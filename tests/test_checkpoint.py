@@ -19,7 +19,7 @@ from landslide_cli.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from landslide_cli.errors import CheckpointError
+from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.zoo import build_segmenter, parse_spec
 from landslide_cli.zoo.loading import load_model
@@ -92,7 +92,7 @@ def test_save_is_atomic_and_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LandslideError, match=r"cannot write .*m.safetensors: disk full"):
         save_checkpoint(target, model.state_dict(), _meta(model))
     assert list(tmp_path.iterdir()) == []
 

@@ -20,8 +20,8 @@ def command(
                              show_default=False),
     model: str | None = typer.Option(
         None, "--model", "-m",
-        help="Checkpoint (.safetensors), exported ONNX model or shipped model name "
-             "(default: the embedded default model)."),
+        help="Checkpoint (.safetensors), exported ONNX model, shipped model name or a "
+             "weight-free baseline such as baseline:rg (default: the embedded default model)."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     tile: int | None = typer.Option(None, "--tile",
@@ -62,15 +62,13 @@ def command(
     check_backend(backend)
     if tile is not None and tile < MIN_TILE:
         raise LandslideError(f"--tile {tile}: must be at least {MIN_TILE}")
-    if quicklook is not None and not quicklook.parent.is_dir():
-        raise LandslideError(f"cannot write {quicklook}: folder {quicklook.parent} does not exist")
     if quiet:
         common.state.quiet = True
     summary = predict_scenes(
         scenes, out, model=model, backend=backend, device=device, tile=tile, overlap=overlap,
         batch_size=batch_size, bands=bands, threshold=threshold, min_area=min_area,
         simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype, crs=crs,
-        overwrite=overwrite, progress=not common.state.quiet,
+        quicklook=quicklook, overwrite=overwrite, progress=not common.state.quiet,
     )
     if as_json:
         common.print_json(summary.to_dict())
@@ -89,13 +87,5 @@ def command(
         f"wrote {summary.out}: {summary.polygons} landslide polygons from {summary.tiles} tiles "
         f"in {summary.seconds:.1f} s with model {summary.model} "
         f"({summary.backend} on {summary.device})", highlight=False)
-    for path in summary.prob_out:
+    for path in [*summary.prob_out, *summary.quicklooks]:
         common.out.print(f"wrote {path}", highlight=False)
-    if quicklook is not None:
-        from landslide_cli.quicklook import render_quicklook
-
-        for scene in scenes:
-            target = quicklook if len(scenes) == 1 else quicklook.with_name(
-                f"{quicklook.stem}_{scene.stem}{quicklook.suffix or '.png'}")
-            render_quicklook(scene, summary.out, target)
-            common.out.print(f"wrote {target}", highlight=False)
