@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from landslide_cli.checkpoint import atomic_write
 from landslide_cli.data import TileSet, open_dataset, select_bands
 from landslide_cli.data.base import nfc
 from landslide_cli.data.datasets import canonical_region
@@ -35,6 +34,7 @@ from landslide_cli.metrics import (
     confusion_counts,
 )
 from landslide_cli.preprocess import normalize
+from landslide_cli.safety import atomic_write, check_target
 
 log = logging.getLogger("landslide.eval")
 
@@ -142,9 +142,29 @@ class EvalReport:
                           if self.seconds else None}
         return out
 
-    def write_json(self, path: str | Path) -> Path:
+    def input_paths(self) -> list[Path]:
+        """Files this evaluation read (tiles, masks, model): never a target of its outputs."""
+        paths: list[Path] = []
+        if self._tileset is not None:
+            for sample in self._tileset:
+                paths.append(sample.image_path)
+                if sample.mask_path is not None:
+                    paths.append(sample.mask_path)
+        model_path = getattr(self._backend, "model_path", None)
+        if model_path is not None:
+            paths.append(Path(model_path))
+        return paths
+
+    def _target(self, path: str | Path, overwrite: bool, what: str, suffixes: tuple[str, ...]
+                ) -> Path:
+        return check_target(path, overwrite=overwrite, what=what, suffixes=suffixes,
+                            inputs=self.input_paths(), probe=False)
+
+    def write_json(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """The report as JSON (refused over an existing file unless ``overwrite``)."""
+        target = self._target(path, overwrite, "--json", ())
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
-        return _write_text(Path(path), text)
+        return _write_text(target, text)
 
     # ------------------------------------------------------------------------------- CSV
     def csv_rows(self) -> list[dict[str, Any]]:
@@ -174,13 +194,16 @@ class EvalReport:
             rows.append(row)
         return rows
 
-    def write_csv(self, path: str | Path) -> Path:
+    def write_csv(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """One CSV row per region plus overall (refused over an existing file unless
+        ``overwrite``)."""
+        target = self._target(path, overwrite, "--csv", ())
         rows = self.csv_rows()
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        return _write_text(Path(path), buf.getvalue())
+        return _write_text(target, buf.getvalue())
 
     # ---------------------------------------------------------------------------- figure
     def chosen_tiles(self, n: int = 3) -> tuple[list[TileStat], list[TileStat]]:
@@ -194,18 +217,16 @@ class EvalReport:
         best = [t for t in reversed(ranked[n:])][:n]
         return worst, best
 
-    def write_figure(self, path: str | Path, n: int = 3) -> Path:
+    def write_figure(self, path: str | Path, n: int = 3, *, overwrite: bool = False) -> Path:
         """PNG: image / reference / prediction for the ``n`` worst and best tiles, and the
         precision-recall curve with the best-F1 threshold marked. Re-reads only those tiles."""
         if self._tileset is None or self._backend is None:
             raise LandslideError("the figure needs the data and model of this evaluation; "
                                  "call evaluate() in this process")
-        return _write_figure(self, Path(path), n)
+        return _write_figure(self, self._target(path, overwrite, "--figure", (".png",)), n)
 
 
 def _write_text(path: Path, text: str) -> Path:
-    if not path.parent.is_dir():
-        raise LandslideError(f"cannot write {path}: folder {path.parent} does not exist")
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), suffix=path.suffix)
     return path
 
@@ -554,8 +575,6 @@ def _write_figure(report: EvalReport, path: Path, n: int) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not path.parent.is_dir():
-        raise LandslideError(f"cannot write {path}: folder {path.parent} does not exist")
     tiles, be = report._tileset, report._backend
     assert tiles is not None
     spec = be.spec

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 
 from landslide_cli import __version__
-from landslide_cli.checkpoint import atomic_write
 from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.registry import Registry
+from landslide_cli.safety import atomic_write, check_target
 
 #: value of ``format`` inside the ``landslide`` metadata JSON
 ONNX_FORMAT = "landslide-onnx"
@@ -276,7 +276,9 @@ def export_onnx(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     out = Path(out).expanduser()
-    _check_target(out, overwrite)
+    _check_target(out, overwrite, model_ref)
+    if tile is not None and int(tile) < 32:
+        raise LandslideError(f"--tile {tile} is too small; use at least 32 pixels")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LandslideError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
     export_fn = EXPORTERS.get(exporter)
@@ -394,22 +396,10 @@ def parse_metadata(props: dict[str, str], *, source: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def _check_target(out: Path, overwrite: bool, model_ref: Any) -> None:
     """Refuse a target that cannot or should not be written, before any work is done."""
-    if out.is_dir():
-        raise LandslideError(f"--out {out} is a folder; give a file name such as model.onnx")
-    if out.suffix.lower() != ".onnx":
-        raise LandslideError(f"--out {out}: an exported model must be an .onnx file "
-                             f"(e.g. {out.with_suffix('.onnx').name})")
-    folder = out.parent
-    if not folder.exists():
-        raise LandslideError(f"cannot write {out}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise LandslideError(f"cannot write {out}: {folder} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise LandslideError(f"cannot write {out}: folder {folder} is not writable")
-    if out.exists() and not overwrite:
-        raise LandslideError(f"{out} already exists; pass --overwrite to replace it")
+    inputs = [Path(model_ref)] if isinstance(model_ref, (str, os.PathLike)) else []
+    check_target(out, overwrite=overwrite, what="--out", suffixes=(".onnx",), inputs=inputs)
 
 
 def _exported_meta(meta: dict[str, Any], tile: int) -> dict[str, Any]:

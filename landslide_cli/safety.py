@@ -113,14 +113,13 @@ def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether two paths name the same file (hard links and symlinks included)."""
+    """Whether two paths name the same file (hard links and symlinks included); paths that do
+    not exist yet are compared after resolving them."""
     pa, pb = Path(a), Path(b)
     try:
-        if pa.exists() and pb.exists():
-            return os.path.samefile(pa, pb)
+        return os.path.samefile(pa, pb)
     except OSError:
-        pass
-    return pa.resolve() == pb.resolve()
+        return pa.resolve() == pb.resolve()
 
 
 def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "output",
@@ -132,7 +131,7 @@ def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "
     existing file without ``overwrite``, any of ``inputs`` (always), an unwritable folder.
     """
     path = Path(path)
-    for src in inputs:
+    for src in inputs if path.exists() else ():  # only an existing file can be an input
         if same_file(path, src):
             raise LandslideError(
                 f"{what} {path} is an input of this run ({src}); it is never overwritten, "

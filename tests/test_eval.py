@@ -174,7 +174,7 @@ def test_cli_eval_skip_bad_figure_and_errors(run_cli, tiny_checkpoint, tmp_path)
         (("--root", tmp_path / "nowhere"), "data set root not found"),
         (("--dataset", "nosuch"), "unknown dataset 'nosuch'"),
         (("--split", "test", "--split-mode", "random", "--skip-bad"), "is empty"),
-        (("--json", tmp_path / "no" / "dir.json"), "folder does not exist"),
+        (("--json", tmp_path / "no" / "dir.json"), "does not exist"),
     ]:
         res = run_cli(*base, *args)
         assert res.exit_code == 1 and message in res.stderr, (args, res.stderr)
@@ -239,6 +239,9 @@ def test_cli_eval_warns_about_tiles_the_model_was_trained_on(run_cli, tmp_path, 
 
     res = run_cli("eval", "--dataset", "cas", "--root", root, "--split", "all", "--model", ckpt,
                   "--device", "cpu", "--json", out, "--regions", "jiuzhai")
+    assert res.exit_code == 1 and "already exists" in res.stderr  # never silently replaced
+    res = run_cli("eval", "--dataset", "cas", "--root", root, "--split", "all", "--model", ckpt,
+                  "--device", "cpu", "--json", out, "--regions", "jiuzhai", "--overwrite")
     assert res.exit_code == 0 and "warning" not in res.stderr, res.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data["warnings"] == [] and data["training_overlap"]["in_training"] == 0

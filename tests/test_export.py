@@ -228,7 +228,7 @@ def no_work(monkeypatch):
 def test_cli_refuses_a_target_that_is_not_an_onnx_file(run_cli, ckpt, tmp_path, no_work):
     for name in ("m.txt", "m.onnx.bak", "model"):
         res = run_cli("export", ckpt, "--out", tmp_path / name)
-        _refuses(res, "must be an .onnx file")
+        _refuses(res, "expected a .onnx file name")
     (tmp_path / "file").write_text("x")
     res = run_cli("export", ckpt, "--out", tmp_path / "file" / "m.onnx")
     _refuses(res, "is not a folder")
@@ -240,21 +240,23 @@ def test_cli_refuses_a_target_that_is_not_an_onnx_file(run_cli, ckpt, tmp_path, 
 def test_cli_refuses_an_unwritable_folder(run_cli, ckpt, tmp_path, no_work, monkeypatch):
     import os
 
-    import landslide_cli.export as export
-
     locked = tmp_path / "locked"
     locked.mkdir()
     if os.geteuid() != 0:  # root writes anywhere: then only the check itself is exercised
         locked.chmod(0o555)
     else:
-        real = os.access
-        monkeypatch.setattr(export.os, "access", lambda p, mode, **kw: (
-            False if Path(p) == locked else real(p, mode, **kw)))
+        real = Path.write_bytes
+
+        def denied(self, data):
+            if self.parent == locked:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, data)
+        monkeypatch.setattr(Path, "write_bytes", denied)
     try:
         res = run_cli("export", ckpt, "--out", locked / "m.onnx")
     finally:
         locked.chmod(0o755)
-    _refuses(res, f"folder {locked} is not writable")
+    _refuses(res, f"cannot write in {locked}")
     assert list(locked.iterdir()) == []
 
 

@@ -202,12 +202,12 @@ WRITERS = [
     Writer("train state", ".safetensors", _state, _safetensors_inject, guards_existing=False),
     Writer("split file", ".json", _split, _text_inject, guards_existing=False),
     Writer("train config", ".yaml", _config, _text_inject, guards_existing=False),
-    Writer("metrics json", ".json", lambda ctx, t, ow: ctx.report().write_json(t), _text_inject,
-           guards_existing=False),
-    Writer("metrics csv", ".csv", lambda ctx, t, ow: ctx.report().write_csv(t), _text_inject,
-           guards_existing=False),
-    Writer("eval figure", ".png", lambda ctx, t, ow: ctx.report().write_figure(t),
-           _figure_inject, guards_existing=False),
+    Writer("metrics json", ".json", lambda ctx, t, ow: ctx.report().write_json(t, overwrite=ow),
+           _text_inject),
+    Writer("metrics csv", ".csv", lambda ctx, t, ow: ctx.report().write_csv(t, overwrite=ow),
+           _text_inject),
+    Writer("eval figure", ".png",
+           lambda ctx, t, ow: ctx.report().write_figure(t, overwrite=ow), _figure_inject),
 ]
 
 
@@ -259,6 +259,23 @@ def test_an_existing_file_is_never_silently_replaced(writer: Writer, ctx: Ctx):
         writer.write(ctx, target, False)
     assert target.read_bytes() == b"the user's own file"
     assert {p.name for p in out.iterdir()} == {target.name}
+
+
+def test_eval_outputs_never_replace_a_tile_or_the_model(ctx: Ctx, run_cli, tiny_checkpoint):
+    tile = ctx.tiles / "img" / "t0.png"
+    before = tile.read_bytes()
+    report = ctx.report()
+    for write in (report.write_json, report.write_csv, report.write_figure):
+        with pytest.raises(LandslideError, match="input of this run"):
+            write(tile, overwrite=True)
+    assert tile.read_bytes() == before
+    res = run_cli("eval", "--root", ctx.tiles, "--split", "all", "--model", tiny_checkpoint,
+                  "--json", tiny_checkpoint, "--overwrite")
+    assert res.exit_code == 1 and "input of this run" in res.stderr
+    res = run_cli("eval", "--root", ctx.tiles, "--split", "all", "--model", tiny_checkpoint,
+                  "--json", ctx.root / "m.json", "--csv", ctx.root / "m.json")
+    assert res.exit_code == 1 and "same file" in res.stderr
+    assert not (ctx.root / "m.json").exists()
 
 
 @pytest.mark.parametrize("writer", [w for w in WRITERS if w.name in

@@ -13,6 +13,7 @@ from landslide_cli.backends import check_backend
 from landslide_cli.cli import common
 from landslide_cli.errors import LandslideError
 from landslide_cli.evaluate import KDA_PAPER, EvalReport, evaluate
+from landslide_cli.safety import check_distinct, check_target
 
 
 def _pct(value: float | None) -> str:
@@ -74,9 +75,16 @@ def report_table(report: EvalReport) -> Table:
     return table
 
 
-def _check_output(path: Path | None) -> None:
-    if path is not None and not path.expanduser().resolve().parent.is_dir():
-        raise LandslideError(f"cannot write {path}: its folder does not exist")
+def _check_outputs(outputs: list[tuple[str, Path | None, tuple[str, ...]]], *, overwrite: bool,
+                   model: str | None) -> None:
+    """Every output checked before the evaluation runs (never the model file, never an
+    existing file without --overwrite, never two outputs on one file)."""
+    inputs = [Path(model)] if model and Path(model).is_file() else []
+    for what, path, suffixes in outputs:
+        if path is not None:
+            check_target(path.expanduser(), overwrite=overwrite, what=what, suffixes=suffixes,
+                         inputs=inputs)
+    check_distinct([(what, path) for what, path, _ in outputs])
 
 
 def command(
@@ -89,8 +97,9 @@ def command(
         help="Regions (sub-datasets) to evaluate; repeat or separate with commas. Case and "
              "bracket style are ignored; a unique prefix is enough."),
     model: str | None = typer.Option(None, "--model", "-m",
-                                     help="Checkpoint, .onnx file or shipped model name "
-                                          "(default: the embedded default model)."),
+                                     help="Checkpoint, .onnx file, shipped model name or "
+                                          "a baseline such as baseline:rg (default: the "
+                                          "embedded default model)."),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per batch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -112,11 +121,15 @@ def command(
                                          help="Write one CSV row per region plus overall."),
     figure: Path | None = typer.Option(None, "--figure",
                                        help="Write a PNG: worst/best tiles and the PR curve."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing --json/--csv/--figure files."),
 ) -> None:
     """Evaluate a model on labelled tiles: IoU, precision, recall, F1, mIoU, OA per region."""
     check_backend(backend)
-    for path in (json_path, csv_path, figure, split_file):
-        _check_output(path)
+    _check_outputs([("--json", json_path, ()), ("--csv", csv_path, ()),
+                    ("--figure", figure, (".png",))], overwrite=overwrite, model=model)
+    if split_file is not None and not split_file.expanduser().resolve().parent.is_dir():
+        raise LandslideError(f"cannot write {split_file}: its folder does not exist")
     report = evaluate(
         model, dataset=dataset, root=root, split=split, regions=regions,
         batch_size=batch_size, device=device, backend=backend, threshold=threshold,
@@ -141,8 +154,8 @@ def command(
     for note in report.warnings:
         common.warn(note)
     if json_path is not None:
-        common.info(f"wrote {report.write_json(json_path)}")
+        common.info(f"wrote {report.write_json(json_path, overwrite=overwrite)}")
     if csv_path is not None:
-        common.info(f"wrote {report.write_csv(csv_path)}")
+        common.info(f"wrote {report.write_csv(csv_path, overwrite=overwrite)}")
     if figure is not None:
-        common.info(f"wrote {report.write_figure(figure)}")
+        common.info(f"wrote {report.write_figure(figure, overwrite=overwrite)}")
