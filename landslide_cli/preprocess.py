@@ -1,7 +1,19 @@
 """Input description and normalization, shared by training, eval, predict and export.
 
 The :class:`InputSpec` lives in every checkpoint's metadata, so all three paths scale and
-normalize pixels identically: ``x = (raw / scale - mean) / std`` per band.
+normalize pixels identically: ``x = (raw / scale - mean) / std`` per band
+(``normalization: fixed``, the default and what checkpoints without the field mean), or, with
+``normalization: tile``, per-tile standardisation::
+
+    x = raw / scale
+    z = (x - m) / max(s, TILE_STD_MIN)        # per band; m, s: mean and std of the tile's
+                                              # valid pixels (all pixels when no mask is given)
+
+``z`` is exactly what the fixed normalization gives for the tile re-coloured to per-band mean
+``mean`` and standard deviation ``std`` in the scaled space (``x' = z * std + mean``, then
+``(x' - mean) / std = z``), so the model sees the range of ImageNet-normalised input whatever
+the sensor's brightness, contrast or white balance. "Tile" is the array handed to
+:func:`normalize`: a training crop, an ``eval`` tile, a ``predict`` window.
 """
 
 from __future__ import annotations
@@ -16,6 +28,11 @@ from landslide_cli.errors import LandslideError
 # ImageNet statistics (for [0, 1]-scaled RGB), the usual choice for timm backbones.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``normalization`` values of an :class:`InputSpec`
+NORMALIZATIONS = ("fixed", "tile")
+#: floor of the per-tile standard deviation (scaled units: 2.55 levels of 8-bit data), so
+#: a flat tile is not amplified into noise
+TILE_STD_MIN = 0.01
 
 
 @dataclass
@@ -31,6 +48,8 @@ class InputSpec:
         dtype: the raster data type the model was trained on ("uint8", "uint16", "float32").
         resolution_m: nominal ground sampling distance range [min, max] in metres, if known.
         tile: the tile size the model was trained and is run at.
+        normalization: ``fixed`` (``(raw / scale - mean) / std``) or ``tile`` (per-tile,
+            per-band standardisation after ``raw / scale``; see the module docstring).
     """
 
     bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
@@ -41,8 +60,12 @@ class InputSpec:
     dtype: str = "uint8"
     resolution_m: list[float] | None = None
     tile: int = 512
+    normalization: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise LandslideError(f"input spec: normalization {self.normalization!r}: choose "
+                                 f"one of {', '.join(NORMALIZATIONS)}")
         n = len(self.bands)
         if n == 0:
             raise LandslideError("input spec: at least one band is required")
@@ -74,13 +97,18 @@ class InputSpec:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def normalize(self, raw: np.ndarray) -> np.ndarray:
+    def normalize(self, raw: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Scale and normalize a (C, H, W) or (N, C, H, W) array to float32."""
-        return normalize(raw, self)
+        return normalize(raw, self, valid)
 
 
-def normalize(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """``(raw / scale - mean) / std`` per band, as float32. Channel axis is -3."""
+def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None) -> np.ndarray:
+    """``(raw / scale - mean) / std`` per band, as float32. Channel axis is -3.
+
+    With ``spec.normalization == "tile"``: per image and band ``(x - m) / max(s, TILE_STD_MIN)``
+    of ``x = raw / scale``, ``m`` and ``s`` over the pixels where ``valid`` ((H, W) or
+    (N, H, W) bool; None: all) is true; invalid pixels come out as 0.
+    """
     if raw.ndim not in (3, 4):
         raise LandslideError(f"expected a (C,H,W) or (N,C,H,W) array, got shape {raw.shape}")
     c = raw.shape[-3]
@@ -88,6 +116,8 @@ def normalize(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
         raise LandslideError(
             f"the model expects {spec.num_bands} bands ({', '.join(spec.bands)}), got {c}"
         )
+    if spec.normalization == "tile":
+        return _normalize_tile(raw, spec, valid)
     shape = (c, 1, 1)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * np.float32(spec.scale)
     inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape) * np.float32(spec.scale))
@@ -95,3 +125,16 @@ def normalize(raw: np.ndarray, spec: InputSpec) -> np.ndarray:
     out -= mean
     out *= inv
     return out
+
+
+def _normalize_tile(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None) -> np.ndarray:
+    x = raw.astype(np.float64) / float(spec.scale)
+    if valid is None:
+        m = x.mean(axis=(-2, -1), keepdims=True)
+        s = np.sqrt(((x - m) ** 2).mean(axis=(-2, -1), keepdims=True))
+        return ((x - m) / np.maximum(s, TILE_STD_MIN)).astype(np.float32)
+    w = np.asarray(valid, dtype=np.float64)[..., None, :, :]
+    n = np.maximum(w.sum(axis=(-2, -1), keepdims=True), 1.0)
+    m = (x * w).sum(axis=(-2, -1), keepdims=True) / n
+    s = np.sqrt((((x - m) ** 2) * w).sum(axis=(-2, -1), keepdims=True) / n)
+    return ((x - m) / np.maximum(s, TILE_STD_MIN) * w).astype(np.float32)

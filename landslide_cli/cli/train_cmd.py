@@ -205,6 +205,13 @@ def segment(
                                panel=_DATA),
     scale_jitter: float = _opt("--scale-jitter", help="Scale jitter strength (default: 0).",
                                panel=_DATA),
+    photometric: float = _opt("--photometric", help="Sensor augmentation strength in [0, 1]: "
+                              "brightness, contrast, gamma, hue/saturation, blur, noise, JPEG "
+                              "(default: 0, off).", panel=_DATA),
+    sampling: str = _opt("--sampling", help="uniform (every tile once per epoch) or region "
+                         "(every region equally often) (default: uniform).", panel=_DATA),
+    fg_crop: float = _opt("--fg-crop", help="Probability that a crop is centred on a "
+                          "landslide pixel (default: 0).", panel=_DATA),
     num_workers: int = _opt("--num-workers", help="DataLoader workers per process "
                             "(default: min(4, CPU cores available)).", panel=_DATA),
     out: Path = _opt("--out", "-o", help="Run folder (checkpoints, config.yaml, metrics.csv).",
@@ -217,6 +224,8 @@ def segment(
                        panel=_RUN),
     amp: str = _opt("--amp", help="Mixed precision on CUDA: bf16, fp16, off (default: bf16).",
                     panel=_RUN),
+    cpu_amp: bool = _opt("--cpu-amp/--no-cpu-amp", help="Train under bf16 autocast on CPU "
+                         "(loss and validation in fp32) (default: off).", panel=_RUN),
     seed: int = _opt("--seed", help="Random seed (default: 0).", panel=_RUN),
     log_every: int = _opt("--log-every", help="Progress update interval in steps.",
                           panel=_RUN),
@@ -240,6 +249,8 @@ def segment(
     weights: Path = _opt("--weights", help="Local timm weights file for the backbone.",
                          panel=_MODEL),
     epochs: int = _opt("--epochs", help="Epochs (default: 200)."),
+    steps: int = _opt("--steps", help="Optimizer steps of the whole run; overrides --epochs "
+                      "(epochs = ceil(steps / steps per epoch))."),
     batch_size: int = _opt("--batch-size", "-b", help="Batch size per process (default: 16)."),
     lr_backbone: float = _opt("--lr-backbone", help="Backbone learning rate (default: 5e-6)."),
     lr_backbone_final: float = _opt("--lr-backbone-final", help="Final backbone learning rate "

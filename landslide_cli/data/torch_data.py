@@ -1,9 +1,10 @@
 """PyTorch side of the data layer: :class:`SegmentationDataset` and :class:`Augment`.
 
 Pixels go through exactly the :class:`~landslide_cli.preprocess.InputSpec` of the model:
-``x = (raw / scale - mean) / std``. Augmentations work in the *scaled* space ``raw / scale``
-(roughly [0, 1]) before mean/std, and every geometric operation is applied identically to the
-image and the mask.
+``x = (raw / scale - mean) / std`` (``normalization: fixed``) or the per-tile standardisation
+of ``normalization: tile`` over the crop's valid pixels. Augmentations work in the *scaled*
+space ``raw / scale`` (roughly [0, 1]) before mean/std, and every geometric operation is
+applied identically to the image and the mask.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from landslide_cli.data.base import TileSet, select_bands
+from landslide_cli.data.photometric import photometric as sensor_photometric
 from landslide_cli.errors import LandslideError
-from landslide_cli.preprocess import InputSpec
+from landslide_cli.preprocess import TILE_STD_MIN, InputSpec
 
 #: mask value marking padded pixels while transforms run (replaced before returning)
 _PAD = -1
@@ -43,6 +45,11 @@ class Augment:
             saturation factors drawn from ``U(1 - s, 1 + s)``; 0 disables it.
         scale_jitter: strength ``s`` in [0, 1): rescale image (bilinear) and mask (nearest) by a
             factor from ``U(1 - s, 1 + s)``; 0 disables it.
+        photometric_strength: sensor augmentation strength in [0, 1] (brightness, contrast,
+            gamma, hue/saturation, blur, JPEG artefacts, noise; see
+            :mod:`landslide_cli.data.photometric`), applied after colour jitter; 0 disables it.
+        fg_crop: probability in [0, 1] that a random crop is centred on a random landslide
+            pixel (mask value 1) of the tile, when it has any (class-balanced crops).
 
     Randomness comes from the ``generator`` passed to each call (``None``: torch's global RNG),
     so results are reproducible given a seeded :class:`torch.Generator`.
@@ -52,12 +59,31 @@ class Augment:
     flips: bool = True
     color_jitter: float = 0.0
     scale_jitter: float = 0.0
+    photometric_strength: float = 0.0
+    fg_crop: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("color_jitter", "scale_jitter"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise LandslideError(f"augment {name} must be in [0, 1), got {value}")
+        for name in ("photometric_strength", "fg_crop"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise LandslideError(f"augment {name} must be in [0, 1], got {value}")
+
+    def crop_center(self, mask: torch.Tensor,
+                    generator: torch.Generator | None = None) -> tuple[int, int] | None:
+        """With probability ``fg_crop``, a random landslide pixel ``(y, x)`` of ``mask``."""
+        if not self.fg_crop:
+            return None
+        if float(torch.rand((), generator=generator)) >= self.fg_crop:
+            return None
+        fg = torch.nonzero(mask == 1)
+        if fg.shape[0] == 0:
+            return None
+        j = int(torch.randint(0, fg.shape[0], (), generator=generator))
+        return int(fg[j, 0]), int(fg[j, 1])
 
     def rescale(self, image: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,10 +117,11 @@ class Augment:
 
     def photometric(self, image: torch.Tensor,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """Colour jitter in the scaled space; values are clipped to ``[0, max(1, max(x))]``."""
+        """Colour jitter, then the sensor augmentation (``photometric_strength``), in the scaled
+        space; values are clipped to ``[0, max(1, max(x))]``."""
         s = self.color_jitter
         if not s:
-            return image
+            return sensor_photometric(image, self.photometric_strength, generator)
         hi = max(1.0, float(image.max())) if image.numel() else 1.0
         brightness = _uniform(1 - s, 1 + s, generator)
         contrast = _uniform(1 - s, 1 + s, generator)
@@ -105,7 +132,8 @@ class Augment:
         if image.shape[0] == 3:
             gray = image.mean(dim=0, keepdim=True)
             image = (image - gray) * saturation + gray
-        return image.clamp(0.0, hi)
+        image = image.clamp(0.0, hi)
+        return sensor_photometric(image, self.photometric_strength, generator)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,23 +145,29 @@ class Augment:
 
 def crop_or_pad(image: torch.Tensor, mask: torch.Tensor, size: int, *, fill: torch.Tensor,
                 random: bool, generator: torch.Generator | None = None,
+                center: tuple[int, int] | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop/pad ``image (C,H,W)`` and ``mask (H,W)`` to ``size x size``.
 
-    ``random``: random offsets (training) else centred. Padding fills the image with ``fill``
+    ``random``: random offsets (training) else centred; ``center`` ``(y, x)``: along each axis
+    longer than ``size``, the crop window is centred on that pixel (clamped to the tile).
+    Padding fills the image with ``fill``
     (per-band, shape (C,1,1)) and the mask with -1 (marks invalid pixels).
     """
     c, h, w = image.shape
     out_img = fill.to(image.dtype).expand(c, size, size).clone()
     out_mask = torch.full((size, size), _PAD, dtype=torch.int64)
 
-    def offsets(n: int) -> tuple[int, int]:
+    def offsets(n: int, at: int | None) -> tuple[int, int]:
         # (source start, destination start) along one axis
         slack = abs(n - size)
         off = int(torch.randint(0, slack + 1, (), generator=generator)) if random else slack // 2
+        if at is not None and n > size:
+            off = min(max(at - size // 2, 0), slack)
         return (off, 0) if n >= size else (0, off)
 
-    (sy, dy), (sx, dx) = offsets(h), offsets(w)
+    cy, cx = center if center is not None else (None, None)
+    (sy, dy), (sx, dx) = offsets(h, cy), offsets(w, cx)
     ch, cw = min(h, size), min(w, size)
     out_img[:, dy:dy + ch, dx:dx + cw] = image[:, sy:sy + ch, sx:sx + cw]
     out_mask[dy:dy + ch, dx:dx + cw] = mask[sy:sy + ch, sx:sx + cw]
@@ -169,6 +203,10 @@ class SegmentationDataset(Dataset):
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
 
+    def item_regions(self) -> list[str]:
+        """The region of every item, in index order (region-balanced sampling)."""
+        return [s.region for s in self.tiles.samples]
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -191,14 +229,37 @@ class SegmentationDataset(Dataset):
         if self.augment is not None:
             image, mask = self.augment.rescale(image, mask, g)
         if self.size is not None:
+            center = self.augment.crop_center(mask, g) if self.augment is not None else None
             image, mask = crop_or_pad(image, mask, self.size, fill=self._mean,
-                                      random=self.augment is not None, generator=g)
+                                      random=self.augment is not None, generator=g,
+                                      center=center)
         if self.augment is not None:
             image, mask = self.augment.spatial(image, mask, g)
             image = self.augment.photometric(image, g)
         valid = mask != _PAD
         if not bool(valid.all()):
             mask = torch.where(valid, mask, torch.tensor(self.pad_label, dtype=torch.int64))
-        image = ((image - self._mean) / self._std).to(torch.float32).contiguous()
+        if self.spec.normalization == "tile":
+            image = standardize_tile(image, valid)
+        else:
+            image = (image - self._mean) / self._std
+        image = image.to(torch.float32).contiguous()
         return {"image": image, "mask": mask.contiguous(), "valid": valid,
                 "region": sample.region, "name": sample.name, "index": index}
+
+
+def standardize_tile(image: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``normalization: tile`` of a scaled ``(C, H, W)`` tile, as
+    :func:`landslide_cli.preprocess.normalize`: per band ``(x - m) / max(s, TILE_STD_MIN)``
+    with the mean ``m`` and standard deviation ``s`` of the valid pixels; invalid ones -> 0."""
+    x = image.to(torch.float64)
+    if valid is None or bool(valid.all()):
+        m = x.mean(dim=(-2, -1), keepdim=True)
+        v = ((x - m) ** 2).mean(dim=(-2, -1), keepdim=True)
+        return ((x - m) / v.sqrt().clamp_min(TILE_STD_MIN)).to(torch.float32)
+    w = valid.to(torch.float64)
+    n = w.sum().clamp_min(1.0)
+    m = (x * w).sum(dim=(-2, -1), keepdim=True) / n
+    v = (((x - m) ** 2) * w).sum(dim=(-2, -1), keepdim=True) / n
+    out = (x - m) / v.sqrt().clamp_min(TILE_STD_MIN) * w
+    return out.to(torch.float32)

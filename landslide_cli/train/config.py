@@ -33,8 +33,8 @@ C = TypeVar("C", bound="TrainConfig")
 #: fields that describe one invocation, not the run (never written to config.yaml)
 RUNTIME_FIELDS = frozenset({"resume", "stop_after", "quiet", "config_file"})
 #: fields that ``--resume`` accepts from the command line (the rest comes from config.yaml)
-RESUME_OVERRIDABLE = frozenset({"epochs", "device", "num_workers", "log_every", "tensorboard",
-                                "stop_after", "quiet"})
+RESUME_OVERRIDABLE = frozenset({"epochs", "steps", "device", "num_workers", "log_every",
+                                "tensorboard", "stop_after", "quiet"})
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("bf16", "fp16", "off"),
@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss_weighting": ("fixed", "adaptive"),
     "align": ("last", "intermediate"),
     "teacher_init": ("pretrained", "random"),
+    "sampling": ("uniform", "region"),
 }
 
 #: most DataLoader workers chosen automatically (more rarely helps with tiles of this size)
@@ -87,6 +88,10 @@ class TrainConfig:
     #: skip unpaired or malformed tiles (with a warning) instead of stopping
     skip_bad: bool = False
     epochs: int = 200
+    #: optimizer steps of the whole run; when set it overrides ``epochs``: the run has
+    #: ``ceil(steps / steps_per_epoch)`` epochs, the LR schedule spans exactly ``steps`` and
+    #: training stops at step ``steps`` (its last epoch may be partial)
+    steps: int | None = None
     batch_size: int = 8
     #: random-crop size of training tiles
     size: int = 512
@@ -97,6 +102,8 @@ class TrainConfig:
     device: str = "auto"
     #: mixed precision on CUDA (ignored on CPU)
     amp: str = "bf16"
+    #: bf16 autocast of the training forward pass on CPU (loss in fp32, validation in fp32)
+    cpu_amp: bool = False
     weight_decay: float = 0.01
     #: per-step decay from the initial to the final learning rate
     schedule: str = "cosine"
@@ -108,6 +115,14 @@ class TrainConfig:
     flips: bool = True
     color_jitter: float = 0.0
     scale_jitter: float = 0.0
+    #: sensor augmentation strength in [0, 1] (0: off): brightness, contrast, gamma,
+    #: hue/saturation, blur, noise, JPEG artefacts (see ``landslide_cli.data.photometric``)
+    photometric: float = 0.0
+    #: tile order: ``uniform`` (each tile once per epoch) or ``region`` (tiles drawn with
+    #: replacement, weight 1/count(region): every region contributes equally; same length)
+    sampling: str = "uniform"
+    #: probability that a training crop is centred on a random landslide pixel
+    fg_crop: float = 0.0
     sync_bn: bool = False
     log_every: int = 10
     tensorboard: bool = False
@@ -143,6 +158,11 @@ class TrainConfig:
             raise LandslideError("--num-workers must be >= 0")
         if self.stop_after is not None and self.stop_after < 1:
             raise LandslideError("--stop-after must be >= 1")
+        if self.steps is not None and self.steps < 1:
+            raise LandslideError("--steps must be >= 1")
+        for name in ("photometric", "fg_crop"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise LandslideError(f"--{name.replace('_', '-')} must be in [0, 1]")
 
 
 @dataclass

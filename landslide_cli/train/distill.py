@@ -33,6 +33,7 @@ from landslide_cli.train.engine import (
     autocast,
     load_trainable_state,
     make_scaler,
+    planned_steps,
     run_phase,
     seed_everything,
     trainable_state,
@@ -174,7 +175,7 @@ class DistillTask(TrainTask):
 
     def setup(self, steps_per_epoch: int) -> None:
         cfg = self.cfg
-        total = steps_per_epoch * cfg.epochs
+        total = self.total_steps or planned_steps(cfg, steps_per_epoch)
         groups: list[dict[str, Any]] = [{
             "params": [p for p in self.student_module.parameters() if p.requires_grad],
             "initial_lr": cfg.lr, "final_lr": cfg.lr_final, "name": "student"}]

@@ -119,7 +119,10 @@ class LRSchedule:
 # --------------------------------------------------------------------------- AMP
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None (AMP is CUDA-only)."""
+    """The autocast dtype of training, or None: ``amp`` on CUDA, bf16 on CPU with
+    ``cpu_amp``, else none."""
+    if device.type == "cpu" and getattr(cfg, "cpu_amp", False):
+        return torch.bfloat16
     if device.type != "cuda" or cfg.amp == "off":
         return None
     return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
@@ -136,7 +139,53 @@ def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
 
+# --------------------------------------------------------------------------- steps
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: ``cfg.steps``, else ``epochs * steps_per_epoch``."""
+    if getattr(cfg, "steps", None):
+        return int(cfg.steps)  # type: ignore[arg-type]
+    return int(cfg.epochs) * int(steps_per_epoch)
+
+
+def planned_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Epochs of the run: ``ceil(steps / steps_per_epoch)`` with ``cfg.steps``, else epochs."""
+    if getattr(cfg, "steps", None):
+        return max(1, math.ceil(int(cfg.steps) / max(1, int(steps_per_epoch))))  # type: ignore
+    return int(cfg.epochs)
+
+
 # --------------------------------------------------------------------------- data
+
+class RegionBalancedSampler(Sampler[int]):
+    """``num_samples`` indices drawn with replacement, weight ``1 / count(region)`` per item:
+    every region is drawn equally often in expectation.
+
+    The draw is a function of ``(seed, epoch)`` only (:meth:`set_epoch`), so a resumed run
+    repeats it; under torchrun all ranks draw the same list and take ``rank::world``.
+    """
+
+    def __init__(self, regions: list[str], *, seed: int, rank: int = 0, world: int = 1,
+                 num_samples: int | None = None) -> None:
+        counts: dict[str, int] = {}
+        for r in regions:
+            counts[r] = counts.get(r, 0) + 1
+        self.weights = torch.tensor([1.0 / counts[r] for r in regions], dtype=torch.float64)
+        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+        self.num_samples = len(regions) if num_samples is None else int(num_samples)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
+        drawn = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+        return iter(drawn[self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_samples, self.world))
+
 
 class _Shard(Sampler[int]):
     """Indices ``rank::world`` without padding (evaluation: every sample exactly once)."""
@@ -156,13 +205,19 @@ class EpochLoader:
 
     def __init__(self, dataset: Dataset, *, batch_size: int, seed: int, ctx: DistContext,
                  num_workers: int = 0, drop_last: bool = True,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, sampling: str = "uniform") -> None:
         self.seed = seed
         self.ctx = ctx
         self.dataset = dataset
         self.generator = torch.Generator()
         self.sampler: Sampler[int]
-        if ctx.distributed:
+        if sampling == "region":
+            regions = getattr(dataset, "item_regions", None)
+            if regions is None:
+                raise LandslideError("--sampling region: the training data set has no regions")
+            self.sampler = RegionBalancedSampler(regions(), seed=seed, rank=ctx.rank,
+                                                 world=ctx.world_size)
+        elif ctx.distributed:
             from torch.utils.data.distributed import DistributedSampler
 
             self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size,
@@ -382,6 +437,8 @@ class TrainTask(ABC):
     loss_names: tuple[str, ...] = ("loss",)
     #: name of the validation metric used to pick the best checkpoint (None: no best)
     best_metric: str | None = None
+    #: optimizer steps of the whole run (set by :func:`fit` before :meth:`setup`)
+    total_steps: int | None = None
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext) -> None:
         self.cfg = cfg
@@ -495,17 +552,22 @@ def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None) -> Path:
 # --------------------------------------------------------------------------- the loop
 
 def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
-    """Train ``task`` for ``cfg.epochs`` (or until ``cfg.stop_after`` epochs in this call)."""
+    """Train ``task`` for ``cfg.epochs`` or ``cfg.steps`` optimizer steps (or until
+    ``cfg.stop_after`` epochs in this call)."""
     from landslide_cli.cli.common import state as cli_state
 
     main = ctx.is_main
     show = main and not (cfg.quiet or cli_state.quiet)
     loader = EpochLoader(task.train_dataset, batch_size=cfg.batch_size, seed=cfg.seed, ctx=ctx,
                          num_workers=cfg.workers,
-                         pin_memory=ctx.device.type == "cuda")
+                         pin_memory=ctx.device.type == "cuda",
+                         sampling=getattr(cfg, "sampling", "uniform"))
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise LandslideError("the training split yields no batches")
+    total_steps = planned_steps(cfg, steps_per_epoch)
+    epochs = planned_epochs(cfg, steps_per_epoch)
+    task.total_steps = total_steps
     task.setup(steps_per_epoch)
 
     start_epoch, step, best = 0, 0, None
@@ -521,8 +583,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
         if ctx.rank < len(rng):
             set_rng_state(rng[ctx.rank])
         log.load(start_epoch)
-        if start_epoch >= cfg.epochs and main:
-            _say(show, f"run {run_dir} already finished {start_epoch} epochs")
+        if (start_epoch >= epochs or step >= total_steps) and main:
+            _say(show, f"run {run_dir} already finished {start_epoch} epochs ({step} steps)")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / CONFIG_FILE).exists():
@@ -531,14 +593,18 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
         save_config(cfg, run_dir / CONFIG_FILE)
     ctx.barrier()
 
-    progress = ProgressDisplay(show, cfg.epochs, steps_per_epoch)
+    progress = ProgressDisplay(show, epochs, steps_per_epoch)
     outputs: dict[str, Path] = {}
     ran = 0
     stopped_early = False
     run_t0 = time.perf_counter()
     done_steps = 0
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, epochs):
+            if step >= total_steps:
+                break
+            # the last epoch of a run counted in steps may be partial
+            epoch_steps = min(steps_per_epoch, total_steps - step)
             t0 = time.perf_counter()
             seed_everything(derive_seed(cfg.seed, epoch, ctx.rank))
             task.set_train(True)
@@ -550,6 +616,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             seen = 0
             last_logged = 0
             for i, batch in enumerate(worker_errors(loader.epoch(epoch))):
+                if i >= epoch_steps:
+                    break
                 terms = task.train_step(batch)
                 n = task.batch_size_of(batch)
                 seen += n
@@ -558,12 +626,12 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
                     sums[k] = sums[k] + v if k in sums else v
                 count += n
                 step += 1
-                if show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == steps_per_epoch):
+                if show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == epoch_steps):
                     now = time.perf_counter()
                     rate = seen * ctx.world_size / max(now - t0, 1e-9)
                     done_steps += (i + 1) - last_logged
                     last_logged = i + 1
-                    left = (cfg.epochs - epoch) * steps_per_epoch - (i + 1)
+                    left = total_steps - step
                     eta = (now - run_t0) / max(done_steps, 1) * left
                     info = "  ".join(f"{k} {(sums[k] / count).item():.4g}" for k in sums)
                     progress.update(i + 1, f"{info}  {rate:.1f} img/s  run eta {_hms(eta)}")
@@ -600,11 +668,12 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
                 })
                 summary = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
                 vsum = "  ".join(f"{k} {val[k]:.4g}" for k in SUMMARY_VAL_KEYS if k in val)
-                progress.message(f"epoch {epoch + 1}/{cfg.epochs}: {summary}"
+                progress.message(f"epoch {epoch + 1}/{epochs}: {summary}"
                                  + (f" | val {vsum}" if vsum else "") + f" ({seconds:.1f}s)")
             ctx.barrier()
             ran += 1
-            if cfg.stop_after is not None and ran >= cfg.stop_after and epoch + 1 < cfg.epochs:
+            done = epoch + 1 >= epochs or step >= total_steps
+            if cfg.stop_after is not None and ran >= cfg.stop_after and not done:
                 stopped_early = True
                 break
     finally:
@@ -616,8 +685,8 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
         outputs = {p.stem: p for p in (run_dir / "last.safetensors", run_dir / "best.safetensors")
                    if p.is_file()}
     return {"run_dir": run_dir, "epochs_done": start_epoch + ran, "finished":
-            start_epoch + ran >= cfg.epochs, "best": best, "outputs": outputs,
-            "history": list(log.rows)}
+            start_epoch + ran >= epochs or step >= total_steps, "best": best,
+            "outputs": outputs, "history": list(log.rows), "steps_done": step}
 
 
 def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:

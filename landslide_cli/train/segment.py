@@ -30,6 +30,7 @@ from landslide_cli.train.engine import (
     autocast,
     eval_loader,
     make_scaler,
+    planned_steps,
     run_phase,
     seed_everything,
     worker_errors,
@@ -67,6 +68,8 @@ class SegmentTask(TrainTask):
                                           cfg.class_weights, ignore_index=IGNORE).to(dev)
         self.dtype = amp_dtype(cfg, dev)
         self.scaler = make_scaler(dev, self.dtype)
+        #: validation autocast: as training on CUDA; fp32 on CPU (``cpu_amp`` trains only)
+        self.val_dtype = self.dtype if dev.type == "cuda" else None
         self._dataset = common.train_dataset(train_tiles, spec, cfg)
         self.val_dataset = None
         self.regions: list[str] = []
@@ -96,7 +99,8 @@ class SegmentTask(TrainTask):
              "name": "decoder"},
         ]
         self.opt = common.adamw(groups, cfg)
-        self.sched = LRSchedule(self.opt, steps_per_epoch * cfg.epochs, kind=cfg.schedule,
+        total = self.total_steps or planned_steps(cfg, steps_per_epoch)
+        self.sched = LRSchedule(self.opt, total, kind=cfg.schedule,
                                 power=cfg.poly_power, warmup=cfg.warmup_steps)
 
     def set_train(self, mode: bool) -> None:
@@ -110,7 +114,7 @@ class SegmentTask(TrainTask):
             y = torch.where(batch["valid"].to(dev), y, torch.full_like(y, IGNORE))
         with autocast(dev, self.dtype):
             logits = self.model(x)
-        terms = self.criterion.terms(logits, y)
+        terms = self.criterion.terms(logits.float(), y)  # the loss in fp32
         loss = self.cfg.ce_weight * terms["ce"] + self.cfg.focal_weight * terms["focal"]
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -139,7 +143,7 @@ class SegmentTask(TrainTask):
                              num_workers=min(cfg.workers, 2), shapes=self.val_shapes())
         for batch in worker_errors(loader):
             x = batch["image"].to(dev, non_blocking=True)
-            with autocast(dev, self.dtype):
+            with autocast(dev, self.val_dtype):
                 logits = model(x)
             prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu()
             y = batch["mask"]
@@ -231,6 +235,8 @@ class SegmentTask(TrainTask):
                 "phase": "segment",
                 "epoch": epoch,
                 "epochs": cfg.epochs,
+                "steps": self.total_steps,
+                "steps_done": self.sched.step_count,
                 "batch_size": cfg.batch_size * self.ctx.world_size,
                 "size": cfg.size,
                 "optimizer": "AdamW",
@@ -241,10 +247,13 @@ class SegmentTask(TrainTask):
                 "loss": {"ce": cfg.ce_weight, "focal": cfg.focal_weight, "gamma": cfg.gamma,
                          "class_weights": cfg.class_weights},
                 "augment": {"rot90": cfg.rot90, "flips": cfg.flips,
-                            "color_jitter": cfg.color_jitter, "scale_jitter": cfg.scale_jitter},
+                            "color_jitter": cfg.color_jitter, "scale_jitter": cfg.scale_jitter,
+                            "photometric": cfg.photometric, "fg_crop": cfg.fg_crop},
+                "sampling": cfg.sampling,
                 "init": self.init_info,
                 "seed": cfg.seed,
-                "amp": cfg.amp if self.dtype is not None else "off",
+                "amp": ("bf16-cpu" if self.ctx.device.type == "cpu" else cfg.amp)
+                if self.dtype is not None else "off",
                 "losses": losses,
                 "dataset": common.dataset_info(self.train_tiles),
                 "val_dataset": common.dataset_info(self.val_tiles)
