@@ -3,8 +3,6 @@ sensor augmentation and landslide-centred crops."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -103,16 +101,6 @@ def test_photometric_is_seeded_bounded_and_changes_the_image():
         assert float((fn(smooth, 20) - smooth).abs().mean()) < 0.05, fn
     with pytest.raises(LandslideError):
         Augment(photometric_strength=1.5)
-
-
-def test_photometric_cost_per_tile_is_small():
-    image = torch.rand(3, 256, 256)
-    photometric(image, 1.0, torch.Generator().manual_seed(0))
-    t0 = time.perf_counter()
-    for s in range(20):
-        photometric(image, 1.0, torch.Generator().manual_seed(s))
-    per_tile = (time.perf_counter() - t0) / 20
-    assert per_tile < 0.05, per_tile  # vs ~0.5 s per training step of 8 tiles
 
 
 def test_fg_crop_centres_on_landslide_pixels(tmp_path):
