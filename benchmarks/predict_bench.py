@@ -144,7 +144,7 @@ def child(args: argparse.Namespace) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     summary = predict_scenes(args.scene, args.out, model=be, tile=args.tile,
                              overlap=args.overlap, batch_size=args.batch_size,
-                             threshold=args.threshold, overwrite=True, progress=False)
+                             threshold=args.threshold, overwrite=True)
     total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     rss = peak_rss_mb()
     after = pure_forward()

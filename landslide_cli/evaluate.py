@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,7 @@ from landslide_cli.metrics import (
     confusion_counts,
 )
 from landslide_cli.preprocess import normalize
+from landslide_cli.reporting import ProgressHandle, QuietReporter, Reporter, as_reporter
 from landslide_cli.safety import atomic_write, check_target
 
 log = logging.getLogger("landslide.eval")
@@ -371,35 +373,56 @@ def _prefetch(tiles: TileSet, *, skip_bad: bool, skipped: list[tuple[str, str]],
             yield i, image, mask
 
 
-def _progress(enabled: bool | Callable[[int, int], None], total: int):
-    """A (advance(n), close()) pair: rich bar on stderr, a callback, or nothing."""
-    if callable(enabled):
-        state = {"done": 0}
+class _CallbackProgress:
+    """A handle calling ``callback(done, total)`` (the deprecated ``progress=callable``)."""
 
-        def advance(k: int) -> None:
-            state["done"] += k
-            enabled(state["done"], total)
+    def __init__(self, callback: Callable[[int, int], None], total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
 
-        return advance, lambda: None
-    from landslide_cli.cli import common
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self.callback(self.done, self.total)
 
-    if not enabled or common.state.quiet:
-        return (lambda k: None), (lambda: None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    def describe(self, text: str) -> None:
+        pass
 
-    bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), console=common.err,
-                   transient=True)
-    task = bar.add_task("eval", total=total)
-    bar.start()
-    return (lambda k: bar.advance(task, k)), bar.stop
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _CallbackProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _CallbackReporter:
+    """``reporter`` with its progress sent to ``callback`` (the deprecated ``progress=``)."""
+
+    def __init__(self, reporter: Reporter, callback: Callable[[int, int], None]) -> None:
+        self.reporter, self.callback = reporter, callback
+
+    def info(self, msg: str) -> None:
+        self.reporter.info(msg)
+
+    def warn(self, msg: str) -> None:
+        self.reporter.warn(msg)
+
+    def progress(self, total: int, label: str) -> ProgressHandle:
+        return _CallbackProgress(self.callback, total)
+
+
+def _legacy_progress(reporter: Reporter | None,
+                     progress: bool | Callable[[int, int], None] | None) -> Reporter:
+    """The reporter to use, honouring the deprecated ``progress=`` argument."""
+    rep = as_reporter(reporter)
+    if progress is None:
+        return rep
+    warnings.warn("evaluate(progress=...) is deprecated; pass reporter= (a "
+                  "landslide_cli.reporting.Reporter) instead", DeprecationWarning, stacklevel=3)
+    if callable(progress):
+        return _CallbackReporter(rep, progress)
+    return rep if progress else QuietReporter(rep)  # evaluate has no status lines
 
 
 def _model_info(backend: Any) -> dict[str, Any]:
@@ -430,8 +453,9 @@ def evaluate(
     objects: bool = False,
     split_file: str | Path | None = None,
     skip_bad: bool = False,
-    progress: bool | Callable[[int, int], None] = True,
+    progress: bool | Callable[[int, int], None] | None = None,
     *,
+    reporter: Reporter | None = None,
     split_mode: str | None = None,
     seed: int = 0,
     bins: int = 1000,
@@ -446,7 +470,10 @@ def evaluate(
         threshold: decision threshold (``prob >= threshold`` is landslide); default: the
             model's metadata threshold.
         objects: also compute object-level precision/recall/F1 (IoU >= 0.5 matching).
-        progress: rich progress bar on stderr (``True``), a ``callback(done, total)``, or off.
+        reporter: where progress (in tiles) and warnings go; ``None`` says nothing (the CLI
+            passes its Rich reporter). The warnings are also in ``EvalReport.warnings``.
+        progress: deprecated (use ``reporter``): ``False`` turns the reporter's progress off,
+            a ``callback(done, total)`` receives it instead.
 
     Tiles of different sizes are batched by size (each tile runs at its native size; a model
     with a fixed tile size gets padded/windowed input, see :func:`predict_tiles`).
@@ -499,7 +526,9 @@ def evaluate(
                 region_obj += tile_obj
                 obj_total += tile_obj
 
-    advance, close = _progress(progress, len(tiles))
+    rep = _legacy_progress(reporter, progress)
+    bar = rep.progress(len(tiles), "evaluating")
+    advance = bar.advance
     start = time.perf_counter()
     pending: OrderedDict[tuple[int, ...], list[tuple[int, np.ndarray, np.ndarray]]] = \
         OrderedDict()
@@ -522,7 +551,7 @@ def evaluate(
             run(items)
             advance(len(items))
     finally:
-        close()
+        bar.close()
     seconds = time.perf_counter() - start
     if not stats:
         raise DataError("no tile could be evaluated (all were skipped)")
@@ -533,8 +562,10 @@ def evaluate(
                                getattr(be, "model_path", None),
                                [(t.region, t.name) for t in stats])
     notes = [w for w in (_overlap_warning(overlap),) if w]
+    if skipped:
+        rep.warn(f"skipped {len(skipped)} bad tile(s); first: {skipped[0][1]}")
     for note in notes:
-        log.info("%s", note)
+        rep.warn(note)
     return EvalReport(metrics=metrics, threshold=thr, histogram=hist, tiles=stats,
                       model=_model_info(be), dataset=info, objects=obj_total,
                       objects_per_region=dict(sorted(obj_region.items())), seconds=seconds,

@@ -21,7 +21,6 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from landslide_cli import __version__
 from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.registry import Registry
+from landslide_cli.reporting import Reporter, as_reporter
 from landslide_cli.safety import atomic_write, check_target
 
 #: value of ``format`` inside the ``landslide`` metadata JSON
@@ -242,7 +242,7 @@ def export_onnx(
     exporter: str = "torchscript",
     optimize: bool = True,
     parity_data: str | Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> ExportReport:
     """Export a segmentation checkpoint to ONNX; verify it; write ``out`` atomically.
 
@@ -263,7 +263,7 @@ def export_onnx(
             parity check compares against the unmodified model.
         parity_data: a folder of image tiles (searched recursively) or one image for the real
             input parity check; default: ``../shared/data/landslides`` when present.
-        progress: called with short status lines.
+        reporter: receives short status lines (``info``); ``None`` says nothing.
 
     Raises:
         LandslideError: bad arguments, unusable checkpoint, export failure or failed parity;
@@ -273,7 +273,7 @@ def export_onnx(
     from landslide_cli.devices import resolve_device
     from landslide_cli.zoo.loading import load_model
 
-    say = progress or (lambda _msg: None)
+    say = as_reporter(reporter).info
     started = time.perf_counter()
     out = Path(out).expanduser()
     _check_target(out, overwrite, model_ref)

@@ -83,7 +83,7 @@ class OracleBackend:
 def test_oracle_report_per_region_and_json_shape(tmp_path):
     root = _cas_tree(tmp_path / "CAS")
     report = evaluate(OracleBackend(threshold=0.42), dataset="cas", root=root, split="all",
-                      objects=True, progress=False, batch_size=2)
+                      objects=True, batch_size=2)
     assert report.threshold == 0.42  # the model's threshold by default
     assert set(report.per_region) == set(REGIONS)
     cm = report.overall
@@ -97,7 +97,7 @@ def test_oracle_report_per_region_and_json_shape(tmp_path):
         assert sum(entry["confusion"].values()) == 3 * 32 * 32
     assert data["best_threshold"]["f1"] == 1.0
     only = evaluate(OracleBackend(), dataset="cas", root=root, split="all",
-                    regions="longxi river (uav)", threshold=0.9, progress=False)
+                    regions="longxi river (uav)", threshold=0.9)
     assert list(only.per_region) == ["Longxi River（UAV）"] and only.threshold == 0.9
 
 
@@ -114,8 +114,8 @@ def test_fixed_tile_models_get_padded_or_windowed_input(tmp_path):
                                atol=1e-6)
     small = rng.normal(size=(1, 3, 20, 20)).astype(np.float32)
     np.testing.assert_allclose(predict_tiles(fixed, small), free.predict(small), atol=1e-6)
-    r_free = evaluate(free, dataset=tiles, progress=False, batch_size=2)
-    r_fixed = evaluate(fixed, dataset=tiles, progress=False, batch_size=2)
+    r_free = evaluate(free, dataset=tiles, batch_size=2)
+    r_fixed = evaluate(fixed, dataset=tiles, batch_size=2)
     assert r_free.overall == r_fixed.overall
     assert r_free.overall.total == 2 * 20 * 20 + 50 * 40 + 32 * 32
     assert all(len({s[-2:]}) == 1 for s in free.shapes)  # batches hold one tile size
@@ -290,8 +290,53 @@ def test_default_model_flags_its_own_training_tiles(shared_data, tmp_path, monke
     model = StandIn()
     model.metadata = read_metadata(path).to_dict()
     monkeypatch.chdir(tmp_path)
-    report = evaluate(model, dataset="folder", root=root, split="all", progress=False)
+    report = evaluate(model, dataset="folder", root=root, split="all")
     overlap = report.to_json()["training_overlap"]
     assert (overlap["tiles"], overlap["in_training"], overlap["in_validation"]) == (3, 2, 1)
     assert sorted(overlap["examples"]) == sorted(train)
     assert len(report.warnings) == 1 and "2 of 3 evaluated tile(s)" in report.warnings[0]
+
+
+# ----------------------------------------------------------------------- reporting
+
+
+def test_evaluate_prints_nothing_and_reports_through_its_reporter(tmp_path, capfd,
+                                                                   monkeypatch):
+    import logging
+
+    from _recording import RecordingReporter
+
+    # logging as in a fresh interpreter (an in-process CLI run leaves its Rich handler there)
+    logger = logging.getLogger("landslide")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    root = _cas_tree(tmp_path / "CAS", missing_mask=True)
+    capfd.readouterr()
+    report = evaluate(OracleBackend(), dataset="cas", root=root, split="all", skip_bad=True,
+                      batch_size=2)
+    assert report.skipped and capfd.readouterr() == ("", "")  # the library default is silent
+
+    rec = RecordingReporter()
+    report = evaluate(OracleBackend(), dataset="cas", root=root, split="all", skip_bad=True,
+                      batch_size=2, reporter=rec)
+    assert capfd.readouterr() == ("", "")
+    [bar] = rec.bars
+    assert bar.label == "evaluating" and bar.closed
+    assert bar.total == bar.advanced == len(report.tiles)
+    assert len(rec.warnings) == 1 and rec.warnings[0].startswith("skipped 1 bad tile(s)")
+
+
+def test_evaluate_progress_argument_is_a_deprecated_alias(tmp_path):
+    from _recording import RecordingReporter
+
+    root = _cas_tree(tmp_path / "CAS", n=1)
+    rec = RecordingReporter()
+    with pytest.warns(DeprecationWarning, match="reporter="):
+        evaluate(OracleBackend(), dataset="cas", root=root, split="all", progress=False,
+                 reporter=rec)
+    assert rec.bars == []
+    calls: list[tuple[int, int]] = []
+    with pytest.warns(DeprecationWarning):
+        report = evaluate(OracleBackend(), dataset="cas", root=root, split="all",
+                          progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (len(report.tiles), len(report.tiles))

@@ -215,7 +215,7 @@ def test_predict_same_geopackage_torch_vs_onnx(shared_data, ckpt, tmp_path, run_
     thr = round(float(np.quantile(probs, 0.8)), 3)
 
     ref = predict_scenes(crop, tmp_path / "torch.gpkg", model=torch_b, threshold=thr,
-                         tile=128, progress=False)
+                         tile=128)
     res = run_cli("predict", crop, "--model", onnx_path, "--backend", "onnx", "--device", "cpu",
                   "--threshold", str(thr), "--out", tmp_path / "onnx.gpkg", "--json")
     assert res.exit_code == 0, res.stderr

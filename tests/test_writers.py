@@ -88,7 +88,7 @@ class Ctx:
             from landslide_cli.evaluate import evaluate
 
             self._report = evaluate(bright_standin(), dataset="folder", root=self.tiles,
-                                    split="all", progress=False)
+                                    split="all")
         return self._report
 
 
@@ -97,7 +97,7 @@ def _predict(ctx: Ctx, target: Path, overwrite: bool, **kw: Any) -> Any:
 
     out = kw.pop("out", target)
     return predict_scenes(ctx.scene, out, model=bright_standin(), tile=32, overwrite=overwrite,
-                          progress=False, **kw)
+                          **kw)
 
 
 def _gpkg_inject(mp: pytest.MonkeyPatch, target: Path) -> None:

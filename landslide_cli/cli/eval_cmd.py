@@ -11,6 +11,7 @@ from rich.table import Table
 
 from landslide_cli.backends import check_backend
 from landslide_cli.cli import common
+from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 from landslide_cli.evaluate import KDA_PAPER, EvalReport, evaluate
 from landslide_cli.safety import check_distinct, check_target
@@ -134,7 +135,7 @@ def command(
         model, dataset=dataset, root=root, split=split, regions=regions,
         batch_size=batch_size, device=device, backend=backend, threshold=threshold,
         objects=objects, split_file=split_file, skip_bad=skip_bad,
-        progress=not common.state.quiet, split_mode=split_mode, seed=seed,
+        reporter=cli_reporter(), split_mode=split_mode, seed=seed,
     )
     table = report_table(report)
     if common.out.is_terminal:
@@ -149,10 +150,6 @@ def command(
         f"(used {report.threshold:.3f})",
         highlight=False,
     )
-    if report.skipped:
-        common.warn(f"skipped {len(report.skipped)} bad tile(s); first: {report.skipped[0][1]}")
-    for note in report.warnings:
-        common.warn(note)
     if json_path is not None:
         common.info(f"wrote {report.write_json(json_path, overwrite=overwrite)}")
     if csv_path is not None:

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from landslide_cli.cli import common
+from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 
 #: smallest --tile an export accepts (the library's limit, checked here before any work)
@@ -54,7 +55,7 @@ def command(
         model, out, opset=opset, fp16=fp16, tile=tile, dynamic_batch=dynamic_batch,
         check_parity=parity, device=device, overwrite=overwrite, exporter=exporter,
         optimize=optimize,
-        parity_data=parity_data, progress=common.info,
+        parity_data=parity_data, reporter=cli_reporter(),
     )
     if as_json:
         common.print_json(report.to_dict())

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from landslide_cli.cli import common
+from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 
 #: smallest --tile (window size) predict accepts
@@ -62,18 +63,17 @@ def command(
     check_backend(backend)
     if tile is not None and tile < MIN_TILE:
         raise LandslideError(f"--tile {tile}: must be at least {MIN_TILE}")
-    if quiet:
-        common.state.quiet = True
+    quiet = quiet or common.state.quiet
     summary = predict_scenes(
         scenes, out, model=model, backend=backend, device=device, tile=tile, overlap=overlap,
         batch_size=batch_size, bands=bands, threshold=threshold, min_area=min_area,
         simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype, crs=crs,
-        quicklook=quicklook, overwrite=overwrite, progress=not common.state.quiet,
+        quicklook=quicklook, overwrite=overwrite, reporter=cli_reporter(quiet),
     )
     if as_json:
         common.print_json(summary.to_dict())
         return
-    if not common.state.quiet:
+    if not quiet:
         from rich.table import Table
 
         table = Table(title=None, show_edge=False)

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from landslide_cli.cli import common
+from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 
 app = typer.Typer(help="Train models: KDA distillation (phase 1) and segmentation (phase 2).",
@@ -176,7 +177,7 @@ def distill(
     values["regions"] = _regions(regions)
     values["quiet"] = (common.state.quiet or quiet) or None
     cfg = resolve_config(DistillConfig, _strs(values), config)
-    _report(train_distill(cfg), "distill")
+    _report(train_distill(cfg, reporter=cli_reporter(quiet)), "distill")
 
 
 @app.command("segment")
@@ -278,7 +279,7 @@ def segment(
     values["regions"] = _regions(regions)
     values["quiet"] = (common.state.quiet or quiet) or None
     cfg = resolve_config(SegmentConfig, _strs(values), config)
-    _report(train_segment(cfg), "segment")
+    _report(train_segment(cfg, reporter=cli_reporter(quiet)), "segment")
 
 
 def _strs(values: dict[str, Any]) -> dict[str, Any]:

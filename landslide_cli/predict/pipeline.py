@@ -49,6 +49,7 @@ from landslide_cli.predict.vectors import (
 )
 from landslide_cli.predict.windows import GridLayout, Stitcher
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.reporting import ProgressHandle, Reporter, as_reporter
 from landslide_cli.safety import Staged, check_distinct, check_target, first_line, same_file
 
 #: finished polygons are appended to the GeoPackage in chunks of this many
@@ -207,55 +208,6 @@ def _scene_labels(scenes: Sequence[SceneInfo]) -> list[str]:
     return [str(s.path) if names.count(s.path.name) > 1 else s.path.name for s in scenes]
 
 
-# ---------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """A Rich progress bar (tiles, tiles/s, ETA) on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self._bar = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.table import Column
-        from rich.text import Text
-
-        from landslide_cli.cli.common import err
-
-        class Speed(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text("" if speed is None else f"{speed:.2f} tiles/s", style="cyan")
-
-        name = Column(max_width=24, no_wrap=True, overflow="ellipsis")
-        self._bar = Progress(TextColumn("{task.description}", table_column=name),
-                             BarColumn(bar_width=16), MofNCompleteColumn(), Speed(),
-                             TextColumn("ETA"), TimeRemainingColumn(),
-                             console=err, transient=False)
-        self._task = self._bar.add_task("predict", total=total)
-        self._bar.start()
-
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, description=text)
-
-    def advance(self, n: int = 1) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 class _Worker:
     """Run ``fn(*args)`` for submitted jobs, in order, in one background thread.
 
@@ -335,7 +287,7 @@ def predict_scenes(
     crs: Any = None,
     quicklook: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    reporter: Reporter | None = None,
 ) -> PredictSummary:
     """Map landslides in GeoTIFF ``scenes`` and write them to the GeoPackage ``out``.
 
@@ -360,7 +312,8 @@ def predict_scenes(
         quicklook: also write a PNG of each scene with its polygons drawn over it (several
             scenes: ``<stem>_<scene stem>.png``); published together with the GeoPackage.
         overwrite: replace existing outputs (never an input of the run).
-        progress: show a Rich progress bar on stderr (hidden when the CLI is ``--quiet``).
+        reporter: where warnings and the progress (in windows) go; ``None`` says nothing
+            (the CLI passes its Rich reporter).
 
     Raises:
         LandslideError: (or a subclass) for any problem with inputs, model or outputs; every
@@ -424,13 +377,12 @@ def predict_scenes(
         check_dtype(info, spec, chosen)
         indexes.append(chosen)
 
-    from landslide_cli.cli.common import warn
-
+    rep = as_reporter(reporter)
     notes: list[str] = []
 
     def note(msg: str) -> None:
         notes.append(msg)
-        warn(msg)
+        rep.warn(msg)
 
     georef = [i for i in infos if i.crs is not None]
     if out_crs is None and georef:
@@ -449,7 +401,7 @@ def predict_scenes(
     writer = GpkgWriter(out, out_crs)
     prob_writers: list[ProbWriter] = []
     looks = [Staged(t, ".tmp.png") for t in look_targets if t is not None]
-    bar = _Progress(progress, total_windows)
+    bar = rep.progress(total_windows, "predict")
     summaries: list[SceneSummary] = []
     footprint_rows: dict[str, list[Any]] = {"scene": [], "valid_pixels": [], "area_m2": []}
     footprint_geoms: list[Any] = []
@@ -543,7 +495,7 @@ def _draw_quicklooks(looks: Sequence[Staged], infos: Sequence[SceneInfo], gpkg: 
 def _predict_scene(info: SceneInfo, label: str, indexes: list[int], be: Backend,
                    writer: GpkgWriter, pw: ProbWriter | None, *, tile: int, overlap: float,
                    batch_size: int, threshold: float, min_area: float, simplify: float,
-                   out_crs: Any, bar: _Progress, forward: list[float],
+                   out_crs: Any, bar: ProgressHandle, forward: list[float],
                    next_id: list[int]) -> tuple[SceneSummary, tuple[Any, float]]:
     layout = GridLayout(info.height, info.width, tile, overlap)
     stitcher = Stitcher(layout)

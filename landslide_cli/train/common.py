@@ -120,17 +120,3 @@ def dataset_info(tiles: Any) -> dict[str, Any]:
         return dict(tiles.info())
     except Exception:  # older TileSet without info()
         return {"tiles": len(tiles), "regions": list(getattr(tiles, "regions", []))}
-
-
-def warn(message: str, ctx: DistContext | None = None) -> None:
-    if ctx is None or ctx.is_main:
-        from landslide_cli.cli.common import warn as _warn
-
-        _warn(message)
-
-
-def info(message: str, ctx: DistContext | None = None) -> None:
-    if ctx is None or ctx.is_main:
-        from landslide_cli.cli.common import info as _info
-
-        _info(message)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from landslide_cli.checkpoint import CheckpointMeta, save_checkpoint
 from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.reporting import Reporter
 from landslide_cli.train import common
 from landslide_cli.train.config import DistillConfig
 from landslide_cli.train.distributed import DistContext
@@ -33,6 +34,7 @@ from landslide_cli.train.engine import (
     autocast,
     load_trainable_state,
     make_scaler,
+    phase_reporter,
     planned_steps,
     run_phase,
     seed_everything,
@@ -349,8 +351,10 @@ def teacher_levels(teacher: nn.Module, cfg: DistillConfig) -> list[int]:
     return [mid, last]
 
 
-def build_distill_task(cfg: DistillConfig, ctx: DistContext) -> DistillTask:
-    """Validate the data and build teacher, discriminator and student (no files written)."""
+def build_distill_task(cfg: DistillConfig, ctx: DistContext, *,
+                       reporter: Reporter | None = None) -> DistillTask:
+    """Validate the data and build teacher, discriminator and student (no files written);
+    warnings go to ``reporter`` (rank 0 only)."""
     import landslide_cli.zoo  # noqa: F401 - registration
     from landslide_cli.zoo.registries import BACKBONES, TEACHERS
 
@@ -359,8 +363,9 @@ def build_distill_task(cfg: DistillConfig, ctx: DistContext) -> DistillTask:
     if cfg.teacher_init == "random":
         if cfg.teacher_weights:
             raise LandslideError("--teacher-random cannot be combined with --teacher-weights")
-        common.warn(f"distilling from a RANDOMLY initialised {teacher_name} teacher "
-                    "(--teacher-random): only meaningful for tests and ablations", ctx)
+        phase_reporter(cfg, ctx, reporter).warn(
+            f"distilling from a RANDOMLY initialised {teacher_name} teacher "
+            "(--teacher-random): only meaningful for tests and ablations")
     tiles = common.open_split(cfg, cfg.train_split, what="distillation")
     spec = common.input_spec_for(tiles, cfg)
     dataset = common.train_dataset(tiles, spec, cfg)
@@ -402,10 +407,11 @@ def build_disc(cfg: DistillConfig, teacher: nn.Module, teacher_name: str) -> nn.
                                head_width=cfg.d_head_width, **args)
 
 
-def train_distill(cfg: DistillConfig) -> TrainResult:
+def train_distill(cfg: DistillConfig, *, reporter: Reporter | None = None) -> TrainResult:
     """Run (or resume) phase 1 as configured; returns where the outputs are.
 
     Everything that can fail on user input (data root, empty split, teacher weights, run
-    folder) is checked before the run folder is created.
+    folder) is checked before the run folder is created. Notes, warnings and progress go to
+    ``reporter`` (``None``: nothing is printed).
     """
-    return run_phase(cfg, build_distill_task)
+    return run_phase(cfg, build_distill_task, reporter=reporter)

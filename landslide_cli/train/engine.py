@@ -33,6 +33,13 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from landslide_cli.checkpoint import atomic_write
 from landslide_cli.errors import CheckpointError, LandslideError
+from landslide_cli.reporting import (
+    NullReporter,
+    ProgressHandle,
+    QuietReporter,
+    Reporter,
+    as_reporter,
+)
 from landslide_cli.train.config import TrainConfig, save_config
 from landslide_cli.train.distributed import DistContext, setup
 from landslide_cli.train.state import load_state, rng_state, save_state, set_rng_state
@@ -302,7 +309,8 @@ def worker_errors(loader: Any) -> Iterator[Any]:
 class MetricsLog:
     """``metrics.csv`` (rewritten atomically each epoch) and optional TensorBoard."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = False, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool = False, enabled: bool = True,
+                 reporter: Reporter | None = None) -> None:
         self.path = run_dir / METRICS_FILE
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
@@ -313,10 +321,8 @@ class MetricsLog:
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except (ImportError, ModuleNotFoundError):
-                from landslide_cli.cli.common import warn
-
-                warn("--tensorboard: the tensorboard package is not installed; logging to "
-                     "metrics.csv only")
+                as_reporter(reporter).warn("--tensorboard: the tensorboard package is not "
+                                           "installed; logging to metrics.csv only")
 
     def load(self, upto_epoch: int) -> None:
         """Keep the rows of epochs ``<= upto_epoch`` from an existing file (resume)."""
@@ -359,68 +365,46 @@ def _fmt(v: Any) -> Any:
 
 
 class ProgressDisplay:
-    """Progress on stderr: epoch, step, loss terms, img/s and ETA.
+    """Training progress through a :class:`Reporter`: a progress display per epoch (in
+    tiles) and a status line (step, loss terms, img/s, run ETA) at most about five times per
+    epoch. Ranks other than 0 and ``--quiet`` get a reporter that drops both."""
 
-    On a terminal a transient rich progress bar per epoch; otherwise (log files, batch jobs)
-    plain lines, at most about five per epoch. Disabled entirely with ``--quiet`` and on
-    ranks other than 0.
-    """
-
-    def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int) -> None:
-        from landslide_cli.cli.common import err
-
-        self.enabled = enabled
+    def __init__(self, reporter: Reporter, epochs: int, steps_per_epoch: int,
+                 tiles_per_step: int) -> None:
+        self.reporter = reporter
         self.epochs = epochs
         self.steps = steps_per_epoch
-        self.console = err
-        self.live = enabled and err.is_terminal
+        self.tiles_per_step = max(1, tiles_per_step)
         self.plain_every = max(1, math.ceil(steps_per_epoch / 5))
-        self.progress: Any = None
-        self.task: Any = None
+        self.handle: ProgressHandle | None = None
         self.epoch = 0
+        self.done = 0
         self.next_plain = self.plain_every
-        if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
 
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
-                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=err, transient=True, refresh_per_second=4)
-            self.progress.start()
-
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def start_epoch(self, epoch: int, steps: int | None = None) -> None:
+        """Epoch ``epoch`` of ``steps`` steps (default: a whole epoch) begins."""
+        self.close()
+        self.epoch, self.done = epoch, 0
         self.next_plain = self.plain_every
-        if self.progress is not None:
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(f"epoch {epoch}/{self.epochs}", total=self.steps,
-                                               info="")
+        self.handle = self.reporter.progress((steps or self.steps) * self.tiles_per_step,
+                                             f"epoch {epoch}/{self.epochs}")
 
     def update(self, step: int, info: str) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.update(self.task, completed=step, info=info)
-        elif self.enabled and (step >= self.next_plain or step == self.steps):
+        if self.handle is not None and step > self.done:
+            self.handle.advance((step - self.done) * self.tiles_per_step)
+            self.done = step
+        if step >= self.next_plain or step == self.steps:
             self.next_plain = (step // self.plain_every + 1) * self.plain_every
-            self.console.print(f"epoch {self.epoch}/{self.epochs} step {step}/{self.steps}  "
-                               f"{info}", highlight=False, soft_wrap=True)
+            self.reporter.info(f"epoch {self.epoch}/{self.epochs} step {step}/{self.steps}  "
+                               f"{info}")
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text, highlight=False, soft_wrap=True)
+        self.reporter.info(text)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 def _hms(seconds: float) -> str:
@@ -510,7 +494,8 @@ def kept_files(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.glob("*.safetensors") if p.is_file())
 
 
-def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None) -> Path:
+def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None, *,
+                    reporter: Reporter | None = None) -> Path:
     """Check ``--out``/``--resume`` before any work (nothing is created or removed here).
 
     A folder that holds a ``config.yaml`` but no state and no checkpoint is a run killed during
@@ -519,7 +504,7 @@ def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None) -> Path:
     configuration from epoch 1 (``cfg.resume`` is cleared); either prints a one-line note.
     A folder with state or checkpoints is never overwritten.
     """
-    show = (ctx is None or ctx.is_main) and not cfg.quiet
+    say = phase_reporter(cfg, ctx, reporter).info
     if cfg.resume:
         run_dir = Path(cfg.resume)
         if (run_dir / STATE_FILE).is_file():
@@ -529,8 +514,8 @@ def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None) -> Path:
             raise LandslideError(f"--resume {run_dir}: no {STATE_FILE} there (only "
                                  f"{', '.join(kept)}), so it cannot be continued; start a new "
                                  "run in another --out folder")
-        _say(show, f"--resume {run_dir}: no epoch was completed there, nothing to resume; "
-                   f"starting the run from epoch 1 with its {CONFIG_FILE}")
+        say(f"--resume {run_dir}: no epoch was completed there, nothing to resume; "
+            f"starting the run from epoch 1 with its {CONFIG_FILE}")
         cfg.resume = None
         return run_dir
     if not cfg.out:
@@ -544,20 +529,21 @@ def prepare_run_dir(cfg: TrainConfig, ctx: DistContext | None = None) -> Path:
             raise LandslideError(f"--out {run_dir} already holds a run ({', '.join(kept)}); "
                                  f"continue it with --resume {run_dir} or choose another folder")
         if (run_dir / CONFIG_FILE).exists():
-            _say(show, f"--out {run_dir}: the run there stopped before completing an epoch "
-                       f"(no {STATE_FILE}); starting it again")
+            say(f"--out {run_dir}: the run there stopped before completing an epoch "
+                f"(no {STATE_FILE}); starting it again")
     return run_dir
 
 
 # --------------------------------------------------------------------------- the loop
 
-def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> dict[str, Any]:
+def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path, *,
+        reporter: Reporter | None = None) -> dict[str, Any]:
     """Train ``task`` for ``cfg.epochs`` or ``cfg.steps`` optimizer steps (or until
-    ``cfg.stop_after`` epochs in this call)."""
-    from landslide_cli.cli.common import state as cli_state
-
+    ``cfg.stop_after`` epochs in this call); progress and notes go to ``reporter``."""
     main = ctx.is_main
-    show = main and not (cfg.quiet or cli_state.quiet)
+    rep = phase_reporter(cfg, ctx, reporter)
+    # the loss terms are read back from the device only when someone is told them
+    show = main and not isinstance(rep, (NullReporter, QuietReporter))
     loader = EpochLoader(task.train_dataset, batch_size=cfg.batch_size, seed=cfg.seed, ctx=ctx,
                          num_workers=cfg.workers,
                          pin_memory=ctx.device.type == "cuda",
@@ -571,7 +557,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
     task.setup(steps_per_epoch)
 
     start_epoch, step, best = 0, 0, None
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=main)
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=main, reporter=rep)
     if cfg.resume:
         saved = load_state(run_dir / STATE_FILE)
         if saved.get("phase") != cfg.phase:
@@ -584,7 +570,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             set_rng_state(rng[ctx.rank])
         log.load(start_epoch)
         if (start_epoch >= epochs or step >= total_steps) and main:
-            _say(show, f"run {run_dir} already finished {start_epoch} epochs ({step} steps)")
+            rep.info(f"run {run_dir} already finished {start_epoch} epochs ({step} steps)")
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if (run_dir / CONFIG_FILE).exists():
@@ -593,7 +579,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
         save_config(cfg, run_dir / CONFIG_FILE)
     ctx.barrier()
 
-    progress = ProgressDisplay(show, epochs, steps_per_epoch)
+    progress = ProgressDisplay(rep, epochs, steps_per_epoch, cfg.batch_size * ctx.world_size)
     outputs: dict[str, Path] = {}
     ran = 0
     stopped_early = False
@@ -608,7 +594,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
             t0 = time.perf_counter()
             seed_everything(derive_seed(cfg.seed, epoch, ctx.rank))
             task.set_train(True)
-            progress.start_epoch(epoch + 1)
+            progress.start_epoch(epoch + 1, epoch_steps)
             # running sums stay on the device: no host sync per step (only when displayed)
             acc = torch.float64 if ctx.device.type in ("cpu", "cuda") else torch.float32
             sums: dict[str, torch.Tensor] = {}
@@ -680,7 +666,7 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path) -> d
         progress.close()
         log.close()
     if stopped_early:
-        _say(show, f"stopped after {ran} epoch(s); continue with --resume {run_dir}")
+        rep.info(f"stopped after {ran} epoch(s); continue with --resume {run_dir}")
     if main and not outputs:
         outputs = {p.stem: p for p in (run_dir / "last.safetensors", run_dir / "best.safetensors")
                    if p.is_file()}
@@ -700,27 +686,33 @@ def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
     return gathered
 
 
-def _say(show: bool, text: str) -> None:
-    if show:
-        from landslide_cli.cli.common import err
+def phase_reporter(cfg: TrainConfig, ctx: DistContext | None,
+                   reporter: Reporter | None) -> Reporter:
+    """What one process of a training phase reports to: rank 0 only; with ``cfg.quiet``
+    only the warnings."""
+    if ctx is not None and not ctx.is_main:
+        return NullReporter()
+    rep = as_reporter(reporter)
+    return QuietReporter(rep) if cfg.quiet else rep
 
-        err.print(text, highlight=False)
 
-
-def run_phase(cfg: TrainConfig, build_task: Callable[[Any, DistContext], Any]) -> Any:
+def run_phase(cfg: TrainConfig, build_task: Callable[..., Any], *,
+              reporter: Reporter | None = None) -> Any:
     """Run (or resume) one training phase: validate, set up, fit, clean up; a TrainResult.
 
     Everything that can fail on user input (data root, empty split, weights, run folder) is
-    checked by ``cfg.validate`` and ``build_task`` before ``fit`` writes anything.
+    checked by ``cfg.validate`` and ``build_task(cfg, ctx, reporter=)`` before ``fit``
+    writes anything. ``reporter`` receives notes, warnings and progress (``None``: nothing).
     """
     from landslide_cli.train.result import TrainResult
 
     cfg.validate()
     ctx = setup(cfg.device)
     try:
-        run_dir = prepare_run_dir(cfg, ctx)
-        task = build_task(cfg, ctx)
-        result = fit(task, cfg, ctx, run_dir)
+        rep = phase_reporter(cfg, ctx, reporter)
+        run_dir = prepare_run_dir(cfg, ctx, reporter=rep)
+        task = build_task(cfg, ctx, reporter=rep)
+        result = fit(task, cfg, ctx, run_dir, reporter=rep)
     except BaseException:
         ctx.close(barrier=False)
         raise

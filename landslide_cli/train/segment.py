@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from landslide_cli.checkpoint import CLASSES, CheckpointMeta, load_checkpoint, save_checkpoint
 from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.reporting import Reporter
 from landslide_cli.train import common
 from landslide_cli.train.config import SegmentConfig
 from landslide_cli.train.distributed import DistContext
@@ -344,7 +345,8 @@ def load_init(path: str | Path, model: Segmenter) -> dict[str, Any]:
             "teacher": meta.training.get("teacher"), "method": meta.training.get("method")}
 
 
-def build_segment_task(cfg: SegmentConfig, ctx: DistContext) -> SegmentTask:
+def build_segment_task(cfg: SegmentConfig, ctx: DistContext, *,
+                       reporter: Reporter | None = None) -> SegmentTask:
     """Validate data and --init, build the model (no files written)."""
     import landslide_cli.zoo  # noqa: F401 - registration
     from landslide_cli.checkpoint import read_metadata
@@ -385,7 +387,8 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext) -> SegmentTask:
                        val_tiles=val_tiles, init_info=init_info)
 
 
-def train_segment(cfg: SegmentConfig) -> TrainResult:
-    """Run (or resume) phase 2 as configured; returns where the checkpoints are."""
-    return run_phase(cfg, build_segment_task)
+def train_segment(cfg: SegmentConfig, *, reporter: Reporter | None = None) -> TrainResult:
+    """Run (or resume) phase 2 as configured; returns where the checkpoints are. Notes,
+    warnings and progress go to ``reporter`` (``None``: nothing is printed)."""
+    return run_phase(cfg, build_segment_task, reporter=reporter)
 

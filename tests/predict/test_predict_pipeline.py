@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import shapely
 from _predict_helpers import ConvStandIn, bright_standin, write_tif
+from _recording import RecordingReporter
 from rasterio.transform import from_origin
 
 from landslide_cli.errors import DataError, LandslideError
@@ -41,7 +42,7 @@ def test_stitched_probability_equals_whole_scene_prediction(tmp_path, h, w, tile
     prob = tmp_path / "prob.tif"
     summary = predict_scenes(scene, tmp_path / "out.gpkg", model=model, tile=tile,
                              overlap=overlap, batch_size=3, prob_out=prob,
-                             prob_dtype="float32", progress=False)
+                             prob_dtype="float32")
     with rasterio.open(prob) as ds:
         stitched = ds.read(1)
         assert (ds.width, ds.height) == (w, h)
@@ -59,7 +60,7 @@ def test_uint8_probability_cog_has_overviews_nodata_and_matches(tmp_path):
     model = ConvStandIn(weight=[0.5, 0.5, -0.5])
     prob = tmp_path / "prob.tif"
     predict_scenes(scene, tmp_path / "o.gpkg", model=model, tile=128, prob_out=prob,
-                   threshold=0.999, progress=False)  # (few polygons: this is about the COG)
+                   threshold=0.999)  # (few polygons: this is about the COG)
     with rasterio.open(prob) as ds:
         assert ds.dtypes[0] == "uint8" and ds.nodata == UINT8_NODATA
         assert ds.profile["tiled"] and ds.profile["compress"] == "deflate"
@@ -101,7 +102,7 @@ def test_nodata_pixels_get_no_polygons_and_nodata_probability(tmp_path, kind):
     model = bright_standin()
     summary = predict_scenes(scene, out, model=model, tile=32, overlap=0.25,
                              bands=[1, 2, 3] if kind == "alpha" else None,
-                             prob_out=prob, progress=False)
+                             prob_out=prob)
     slides = _read(out)
     assert len(slides) == 1  # only the blob in the valid half
     with rasterio.open(scene) as ds:
@@ -126,7 +127,7 @@ def test_all_nodata_scene_is_an_error_and_writes_nothing(tmp_path):
     scene = write_tif(tmp_path / "empty.tif", raw, nodata=0)
     out = tmp_path / "o.gpkg"
     with pytest.raises(DataError, match="no valid pixels"):
-        predict_scenes(scene, out, model=bright_standin(), tile=32, progress=False)
+        predict_scenes(scene, out, model=bright_standin(), tile=32)
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
@@ -144,8 +145,7 @@ def test_landslide_crossing_block_borders_is_one_polygon_with_its_hole(tmp_path)
     raw[:, 100:110, 100:110] = 240
     scene = write_tif(tmp_path / "s.tif", raw, transform=from_origin(1000.0, 2000.0, 0.5, 0.5))
     out = tmp_path / "o.gpkg"
-    summary = predict_scenes(scene, out, model=bright_standin(), tile=32, overlap=0.25,
-                             progress=False)
+    summary = predict_scenes(scene, out, model=bright_standin(), tile=32, overlap=0.25)
     slides = _read(out).sort_values("area_m2", ascending=False)
     assert len(slides) == 3 == summary.polygons
     big = slides.geometry.iloc[0]
@@ -173,10 +173,9 @@ def test_min_area_and_simplify(tmp_path):
     raw[:, ((yy - 60) ** 2 + (xx - 20) ** 2) < 12 ** 2] = 220  # a staircase disc
     scene = write_tif(tmp_path / "s.tif", raw)
     exact, simple = tmp_path / "a.gpkg", tmp_path / "b.gpkg"
-    predict_scenes(scene, exact, model=bright_standin(), tile=48, min_area=100.0,
-                   progress=False)
+    predict_scenes(scene, exact, model=bright_standin(), tile=48, min_area=100.0)
     predict_scenes(scene, simple, model=bright_standin(), tile=48, min_area=100.0,
-                   simplify=3.0, progress=False)
+                   simplify=3.0)
     a, b = _read(exact), _read(simple)
     assert len(a) == len(b) == 2  # the 64 m2 speck is dropped
     disc_a = a.loc[a.area_m2 < 6000].geometry.iloc[0]
@@ -198,7 +197,7 @@ def test_geographic_scene_areas_are_equal_area_metres(tmp_path):
     scene = write_tif(tmp_path / "geo.tif", raw, crs="EPSG:4326",
                       transform=from_origin(7.0, 46.7, deg, deg))
     out = tmp_path / "o.gpkg"
-    predict_scenes(scene, out, model=bright_standin(), tile=32, progress=False)
+    predict_scenes(scene, out, model=bright_standin(), tile=32)
     slides = _read(out)
     assert pyogrio.read_info(out, layer="landslides")["crs"] == "EPSG:4326"
     geom = slides.geometry.iloc[0]
@@ -213,7 +212,7 @@ def test_projected_crs_in_feet_reports_square_metres(tmp_path):
     scene = write_tif(tmp_path / "ft.tif", raw, crs="EPSG:2227",
                       transform=from_origin(6000000.0, 2000000.0, 3.0, 3.0))
     out = tmp_path / "o.gpkg"
-    predict_scenes(scene, out, model=bright_standin(), tile=32, progress=False)
+    predict_scenes(scene, out, model=bright_standin(), tile=32)
     slides = _read(out)
     ft = 1200.0 / 3937.0
     assert slides.area_m2.iloc[0] == pytest.approx(200 * 9 * ft * ft, rel=1e-9)
@@ -228,7 +227,7 @@ def test_scenes_in_different_crs_are_reprojected_into_one_file(tmp_path):
     b = write_tif(tmp_path / "b.tif", raw, crs="EPSG:32634",
                   transform=from_origin(300000.0, 5000000.0, 10.0, 10.0))
     out = tmp_path / "o.gpkg"
-    summary = predict_scenes([a, b], out, model=bright_standin(), tile=32, progress=False)
+    summary = predict_scenes([a, b], out, model=bright_standin(), tile=32)
     assert summary.polygons == 2 and summary.crs == "EPSG:32633"
     slides = _read(out)
     assert pyogrio.read_info(out, layer="landslides")["crs"] == "EPSG:32633"
@@ -244,13 +243,12 @@ def test_scenes_in_different_crs_are_reprojected_into_one_file(tmp_path):
     assert list(runs.scene) == ["a.tif", "b.tif"]
     # --crs overrides
     out2 = tmp_path / "o2.gpkg"
-    predict_scenes([a, b], out2, model=bright_standin(), tile=32, crs="EPSG:4326",
-                   progress=False)
+    predict_scenes([a, b], out2, model=bright_standin(), tile=32, crs="EPSG:4326")
     assert pyogrio.read_info(out2, layer="landslides")["crs"] == "EPSG:4326"
     assert _read(out2).total_bounds[0] == pytest.approx(15.0, abs=3)
 
 
-def test_raster_without_crs_is_allowed_in_pixel_coordinates(tmp_path, capsys):
+def test_raster_without_crs_is_allowed_in_pixel_coordinates(tmp_path, capfd):
     raw = _rgb(40, 60, 30)
     raw[:, 5:15, 10:30] = 220
     path = tmp_path / "plain.tif"
@@ -258,13 +256,32 @@ def test_raster_without_crs_is_allowed_in_pixel_coordinates(tmp_path, capsys):
                        dtype="uint8") as ds:
         ds.write(raw)
     out = tmp_path / "o.gpkg"
-    summary = predict_scenes(path, out, model=bright_standin(), tile=32, progress=False)
+    rec = RecordingReporter()
+    summary = predict_scenes(path, out, model=bright_standin(), tile=32, reporter=rec)
     assert any("no CRS" in w for w in summary.warnings)
-    assert "no CRS" in capsys.readouterr().err
+    assert rec.warnings == summary.warnings  # through the reporter, not printed
+    assert capfd.readouterr() == ("", "")
     slides = _read(out)
     assert pyogrio.read_info(out, layer="landslides")["crs"] is None
     assert slides.geometry.iloc[0].bounds == (10.0, 5.0, 30.0, 15.0)  # col/row pixels
     assert slides.area_m2.iloc[0] == pytest.approx(200.0)
+
+
+def test_default_reporter_prints_nothing_and_a_reporter_gets_the_progress(tmp_path, capfd):
+    a = write_tif(tmp_path / "a.tif", _rgb(40, 60, 200))
+    b = write_tif(tmp_path / "b.tif", _rgb(70, 50, 30))
+    capfd.readouterr()
+    summary = predict_scenes([a, b], tmp_path / "quiet.gpkg", model=bright_standin(), tile=32)
+    assert summary.tiles > 0
+    assert capfd.readouterr() == ("", "")  # called from Python the library says nothing
+
+    rec = RecordingReporter()
+    summary = predict_scenes([a, b], tmp_path / "told.gpkg", model=bright_standin(), tile=32,
+                             reporter=rec)
+    assert capfd.readouterr() == ("", "")
+    [bar] = rec.bars
+    assert bar.total == bar.advanced == summary.tiles and bar.closed
+    assert bar.labels == ["a.tif", "b.tif"] and rec.warnings == []
 
 
 # ----------------------------------------------------------------------- GeoPackage contents
@@ -275,7 +292,7 @@ def test_geopackage_layers_runs_and_qgis_style(tmp_path):
     raw[:, 8:20, 8:20] = 220
     scene = write_tif(tmp_path / "s.tif", raw)
     out = tmp_path / "o.gpkg"
-    predict_scenes(scene, out, model=bright_standin(), tile=32, progress=False)
+    predict_scenes(scene, out, model=bright_standin(), tile=32)
     layers = dict(pyogrio.list_layers(out))
     assert layers["landslides"] == "Polygon" and layers["footprints"] == "MultiPolygon"
     assert "runs" in layers and "layer_styles" in layers
@@ -298,7 +315,7 @@ def test_geopackage_layers_runs_and_qgis_style(tmp_path):
 def test_no_landslides_still_writes_a_valid_empty_layer(tmp_path):
     scene = write_tif(tmp_path / "s.tif", _rgb(40, 40, 30))
     out = tmp_path / "o.gpkg"
-    summary = predict_scenes(scene, out, model=bright_standin(), tile=32, progress=False)
+    summary = predict_scenes(scene, out, model=bright_standin(), tile=32)
     assert summary.polygons == 0
     assert pyogrio.read_info(out, layer="landslides")["features"] == 0
     assert pyogrio.read_info(out, layer="footprints")["features"] == 1
@@ -312,10 +329,9 @@ def test_existing_output_is_kept_without_overwrite(tmp_path):
     out = tmp_path / "o.gpkg"
     out.write_bytes(b"keep me")
     with pytest.raises(LandslideError, match="already exists"):
-        predict_scenes(scene, out, model=bright_standin(), tile=32, progress=False)
+        predict_scenes(scene, out, model=bright_standin(), tile=32)
     assert out.read_bytes() == b"keep me"
-    predict_scenes(scene, out, model=bright_standin(), tile=32, overwrite=True,
-                   progress=False)
+    predict_scenes(scene, out, model=bright_standin(), tile=32, overwrite=True)
     assert len(_read(out)) == 1
 
 
@@ -330,8 +346,7 @@ def test_failure_mid_run_leaves_nothing_behind(tmp_path):
 
     out, prob = tmp_path / "o.gpkg", tmp_path / "p.tif"
     with pytest.raises(LandslideError, match="boom"):
-        predict_scenes(scene, out, model=Exploding(), tile=32, batch_size=2, prob_out=prob,
-                       progress=False)
+        predict_scenes(scene, out, model=Exploding(), tile=32, batch_size=2, prob_out=prob)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
@@ -339,10 +354,10 @@ def test_fixed_tile_backend_is_respected(tmp_path):
     scene = write_tif(tmp_path / "s.tif", _rgb(70, 90, 220))
     model = bright_standin()
     model.fixed_tile = 48
-    summary = predict_scenes(scene, tmp_path / "o.gpkg", model=model, progress=False)
+    summary = predict_scenes(scene, tmp_path / "o.gpkg", model=model)
     assert summary.tile == 48
     with pytest.raises(LandslideError, match="48x48"):
-        predict_scenes(scene, tmp_path / "o2.gpkg", model=model, tile=64, progress=False)
+        predict_scenes(scene, tmp_path / "o2.gpkg", model=model, tile=64)
 
 
 def test_probability_maps_for_several_scenes(tmp_path):
@@ -352,12 +367,12 @@ def test_probability_maps_for_several_scenes(tmp_path):
     folder = tmp_path / "probs"
     folder.mkdir()
     summary = predict_scenes([a, b], tmp_path / "o.gpkg", model=bright_standin(), tile=32,
-                             prob_out=folder, progress=False)
+                             prob_out=folder)
     assert sorted(p.name for p in folder.iterdir()) == ["a_prob.tif", "b_prob.tif"]
     assert summary.prob_out == [str(folder / "a_prob.tif"), str(folder / "b_prob.tif")]
     predict_scenes([a, b], tmp_path / "o2.gpkg", model=bright_standin(), tile=32,
-                   prob_out=tmp_path / "{scene}.p.tif", progress=False)
+                   prob_out=tmp_path / "{scene}.p.tif")
     assert (tmp_path / "a.p.tif").exists() and (tmp_path / "b.p.tif").exists()
     with pytest.raises(LandslideError, match="folder or contain"):
         predict_scenes([a, b], tmp_path / "o3.gpkg", model=bright_standin(), tile=32,
-                       prob_out=tmp_path / "one.tif", progress=False)
+                       prob_out=tmp_path / "one.tif")

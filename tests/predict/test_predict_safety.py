@@ -92,7 +92,7 @@ def test_a_quicklook_failure_mid_write_leaves_no_output(scene, tmp_path, monkeyp
     out, prob, look = tmp_path / "a.gpkg", tmp_path / "p.tif", tmp_path / "q.png"
     with pytest.raises(LandslideError, match=r"q\.png: No space left on device"):
         predict_scenes(scene, out, model=bright_standin(), tile=64, prob_out=prob,
-                       quicklook=look, progress=False)
+                       quicklook=look)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
@@ -126,7 +126,7 @@ def slow(batch):
     return inner(batch)
 model.predict = slow
 predict_scenes({scene!r}, {out!r}, model=model, tile=32, overlap=0.0, batch_size=1,
-               prob_out={prob!r}, progress=False)
+               prob_out={prob!r})
 """
 
 
@@ -152,6 +152,6 @@ def test_temporaries_left_by_kill_9_are_removed_by_the_next_run(scene, tmp_path)
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert any(str(proc.pid) in n for n in left), left
     assert not out.exists() and not prob.exists()
-    predict_scenes(scene, out, model=bright_standin(), tile=64, prob_out=prob, progress=False)
+    predict_scenes(scene, out, model=bright_standin(), tile=64, prob_out=prob)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gpkg", "p.tif", "s.tif"]
     assert pyogrio.read_info(out, layer="landslides")["features"] >= 0

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from _recording import RecordingReporter
 from _train_args import TINY_SEGMENT
 
 from landslide_cli.train.config import SegmentConfig, resolve_config
@@ -91,15 +92,16 @@ def test_folders_with_checkpoints_are_never_replaced(tmp_path):
         prepare_run_dir(_segment_cfg(run))
 
 
-def test_prepare_run_dir_accepts_start_up_files_only(tmp_path, capsys):
+def test_prepare_run_dir_accepts_start_up_files_only(tmp_path, capfd):
     run = tmp_path / "run"
     (run / "tensorboard").mkdir(parents=True)
     (run / "config.yaml").write_text("phase: segment\nepochs: 3\n")
-    assert prepare_run_dir(_segment_cfg(run)) == run
+    rec = RecordingReporter()
+    assert prepare_run_dir(_segment_cfg(run), reporter=rec) == run
     cfg = _resume_cfg(run)
     assert cfg.epochs == 3
-    assert prepare_run_dir(cfg) == run
+    assert prepare_run_dir(cfg, reporter=rec) == run
     assert cfg.resume is None and cfg.out == str(run)  # fit() starts it from epoch 1
-    err = capsys.readouterr().err
-    assert "starting it again" in err and "nothing to resume" in err
+    assert "starting it again" in rec.infos[0] and "nothing to resume" in rec.infos[1]
+    assert capfd.readouterr() == ("", "")  # notes go to the reporter, never printed
     assert (run / "config.yaml").is_file()  # nothing is removed before the run starts
