@@ -104,8 +104,16 @@ def check_backend(name: str) -> str:
 
 def open_backend(model_ref: str | Path | None = None, *, backend: str = "auto",
                  device: str = "auto") -> Backend:
-    """Open ``model_ref`` with the named backend; ``auto`` picks ONNX for ``.onnx`` files."""
+    """Open ``model_ref`` with the named backend; ``auto`` picks ONNX for ``.onnx`` files.
+    A ``baseline:<name>`` reference is a weight-free colour index (``landslide_cli.baselines``)."""
     backend = check_backend(backend)
+    if isinstance(model_ref, str) and model_ref.strip().lower().startswith("baseline:"):
+        from landslide_cli.baselines import BaselineBackend
+
+        if backend != AUTO:
+            raise LandslideError(f"--backend {backend}: {model_ref} is a weight-free baseline; "
+                                 "leave --backend at auto")
+        return BaselineBackend(model_ref, device=device)
     if backend == AUTO:
         backend = "onnx" if str(model_ref or "").lower().endswith(".onnx") else "torch"
     return BACKENDS.build(backend, model_ref, device=device)

@@ -12,8 +12,10 @@ from landslide_cli.errors import LandslideError
 
 
 def list_models() -> dict[str, list[dict[str, Any]]]:
-    """Registered backbones, decoders, teachers and discriminators, plus shipped checkpoints."""
+    """Registered backbones, decoders, teachers and discriminators, shipped checkpoints and
+    the weight-free baselines (``baseline:<name>``)."""
     import landslide_cli.zoo  # noqa: F401 - registration
+    from landslide_cli.baselines import list_baselines
     from landslide_cli.zoo.discriminator import DISCRIMINATORS
     from landslide_cli.zoo.loading import shipped_models
     from landslide_cli.zoo.registries import BACKBONES, DECODERS, TEACHERS
@@ -27,6 +29,7 @@ def list_models() -> dict[str, list[dict[str, Any]]]:
         "teachers": rows(TEACHERS),
         "discriminators": rows(DISCRIMINATORS),
         "shipped": [{"name": n, "path": str(p)} for n, p in shipped_models().items()],
+        "baselines": list_baselines(),
     }
 
 
@@ -66,6 +69,12 @@ def gflops(model: nn.Module, size: int = 512, in_chans: int = 3) -> float:
 
 def model_info(ref: str, *, size: int = 512) -> dict[str, Any]:
     """Card, parameter counts and GFLOPs for a checkpoint path, shipped name or spec."""
+    from landslide_cli.baselines import PREFIX, baseline_name, is_baseline
+
+    if is_baseline(ref):
+        raise LandslideError(f"{PREFIX}{baseline_name(ref)} is a weight-free colour index (no "
+                             "parameters or FLOPs to count); `landslide models` shows its "
+                             "formula and threshold")
     from landslide_cli.zoo.loading import load_model, shipped_models
     from landslide_cli.zoo.segmenter import build_segmenter
     from landslide_cli.zoo.spec import parse_spec

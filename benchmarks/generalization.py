@@ -1,0 +1,528 @@
+"""Generalization benchmark: leave-one-source-out (LOSO) over the shared landslide sources.
+
+The shared sample (``../shared/data/landslides``) holds four sources from different sensors and
+processing chains: ``sichuan`` (aerial, 36 tiles of 1024²), ``bijie`` (TripleSat, 36 tiles of
+~512²), ``hokkaido`` (satellite, 20 tiles of 256²) and ``amunet_uav`` (UAV, 642 patches of 128²
+from three scenes A/B/C). For each held-out source the benchmark measures what a user with new
+imagery gets: a model that never saw that source, at a threshold chosen without it.
+
+Three kinds of table, each printed as Markdown (paste into docs/benchmarks.md):
+
+* **Colour-index baselines** (``baseline:rg`` and the others of ``landslide_cli.baselines``;
+  weight-free, cheap): per held-out source, the threshold is the best F1 (= best IoU, the same
+  argmax on one confusion matrix) on the 1000-step grid over the pooled pixels of *all* tiles of
+  the other three sources; the held-out source is then scored through
+  ``landslide_cli.evaluate.evaluate()`` at that threshold.
+* **A training recipe** (``--recipe CONFIG.yaml``, default the shipped model's
+  ``models/landslide-pvtb0-dcf-v1.yaml``; ``--set KEY=VALUE`` overrides): per held-out source
+  a model is trained with the library's ``train segment`` function on the other three sources
+  for ``--steps`` optimizer steps. Each fold writes a split file (``OUT/splits/``):
+
+  - ``sichuan``, ``bijie``, ``hokkaido`` as training sources: seeded random 80/20 train/val per
+    source (``--split-seed``; seed 0 reproduces the shipped model's split for them);
+  - ``amunet_uav`` as a training source: split by scene, never at random (its patches touch):
+    scene ``--amunet-val-scene`` (default A, 152 of the 642 patches) validates, B and C train;
+  - the held-out source: all its tiles in ``test``, never used for training, validation,
+    checkpoint or threshold choice.
+
+  The threshold is the recipe's own rule: the one stored in the checkpoint (``train segment``
+  stores the best-F1 threshold of its validation tiles, i.e. of the training sources). The
+  schedule is counted in steps: ``--steps`` is ``train segment``'s ``steps`` option (the LR
+  schedule spans exactly that many optimizer steps; the run has ``ceil(steps /
+  steps_per_epoch)`` epochs, ``steps_per_epoch = train_tiles // batch_size``, the last one
+  partial, and validates after each); the tables report the steps done. Runs are resumable:
+  a fold whose run finished is not retrained (its held-out score is cached in
+  ``OUT/heldout-<source>/heldout.json``, keyed by the checkpoint's sha256), a killed fold
+  continues from its last completed epoch (``train segment --resume``).
+* **An existing model** (``--model NAME_OR_PATH``, e.g. the shipped ``landslide-pvtb0-dcf-v1``):
+  evaluated at its own threshold on every selected source its metadata says it was *not*
+  trained or validated on (``--include-seen`` adds the others, flagged as in-domain).
+
+Usage::
+
+    python benchmarks/generalization.py --baseline-only                  # baselines, ~1 min
+    python benchmarks/generalization.py --baseline-only --baselines all  # every colour index
+    python benchmarks/generalization.py --model landslide-pvtb0-dcf-v1 --no-baseline
+    python benchmarks/generalization.py --steps 1500 --out runs/loso --json loso.json
+    python benchmarks/generalization.py --steps 5 --folds hokkaido --set size=64 \\
+        --out /tmp/loso-smoke --no-baseline                              # smoke test
+
+Keep ``OMP_NUM_THREADS`` at the machine's free cores. Not a test: nothing here runs in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("LANDSLIDE_SHARED", REPO.parent / "shared"))
+DEFAULT_DATA = SHARED / "data" / "landslides"
+DEFAULT_RECIPE = REPO / "models" / "landslide-pvtb0-dcf-v1.yaml"
+SOURCES = ("sichuan", "bijie", "hokkaido", "amunet_uav")
+#: the shipped default model's training sources (the baselines' default thresholds use them)
+V1_SOURCES = ("sichuan", "bijie", "hokkaido")
+AMU = "amunet_uav"
+AMU_STEM = re.compile(r"^amu([A-Za-z])_\d+_\d+$")
+BINS = 1000
+METRICS = ("iou", "precision", "recall", "f1")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+class Sources:
+    """The four shared sources as TileSets (opened once)."""
+
+    def __init__(self, root: Path) -> None:
+        from landslide_cli.data import open_dataset
+
+        if not root.is_dir():
+            raise SystemExit(f"data folder not found: {root} (set --data or LANDSLIDE_SHARED)")
+        self.root = root
+        self.all = open_dataset("folder", root, split="all")
+        missing = [s for s in SOURCES if s not in self.all.regions]
+        if missing:
+            raise SystemExit(f"{root}: missing source folder(s) {', '.join(missing)}")
+        self._tiles: dict[str, Any] = {}
+
+    def tiles(self, source: str) -> Any:
+        if source not in self._tiles:
+            idx = [i for i, s in enumerate(self.all.samples) if s.region == source]
+            self._tiles[source] = self.all.subset(idx)
+        return self._tiles[source]
+
+    def samples(self, source: str) -> list[Any]:
+        return list(self.tiles(source).samples)
+
+
+def scores(cm: Any) -> dict[str, float]:
+    m = cm.compute()
+    return {k: float(m[k]) for k in METRICS}
+
+
+def positive_share(report: Any) -> float:
+    cm = report.overall
+    return cm.positives / cm.total if cm.total else 0.0
+
+
+def mean_row(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {k: sum(r[k] for r in rows.values()) / len(rows) for k in METRICS} if rows else {}
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def run_baselines(names: list[str], data: Sources, folds: list[str]) -> dict[str, Any]:
+    """LOSO table of every baseline in ``names`` (thresholds from the other three sources)."""
+    from landslide_cli.baselines import BaselineBackend
+    from landslide_cli.evaluate import evaluate
+
+    out: dict[str, Any] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        be = BaselineBackend(f"baseline:{name}")
+        # one pass per source for its score histogram (threshold-free), then the folds
+        hists = {s: evaluate(be, data.tiles(s), bins=BINS).histogram
+                 for s in SOURCES}
+
+        default = _pooled(hists, V1_SOURCES).best_f1()
+        rows: dict[str, dict[str, Any]] = {}
+        for src in folds:
+            train = [s for s in SOURCES if s != src]
+            best = _pooled(hists, train).best_f1()
+            report = evaluate(be, data.tiles(src), threshold=best["threshold"],
+                              bins=BINS)
+            rows[src] = {"tiles": len(report.tiles), "landslide_share": positive_share(report),
+                         "threshold": best["threshold"], "tuned_on": train,
+                         "train_f1": best["f1"], **scores(report.overall),
+                         "oracle_iou": _oracle_iou(report)}
+        out[name] = {"model": be.model_name, "formula": be.metadata["extra"]["formula"],
+                     "registered_threshold": be.threshold,
+                     "default_threshold_retuned": default["threshold"],
+                     "rule": "best F1 (= best IoU) on the pooled pixels of the other three "
+                             "sources, 1000-step grid",
+                     "folds": rows, "mean": mean_row(rows),
+                     "seconds": round(time.perf_counter() - t0, 1)}
+        say(f"baseline:{name}: {out[name]['seconds']} s")
+    return out
+
+
+def _pooled(hists: dict[str, Any], sources: tuple[str, ...] | list[str]) -> Any:
+    """One PR histogram over the pixels of ``sources`` (one pooled confusion matrix)."""
+    from landslide_cli.metrics import PRHistogram
+
+    total = PRHistogram(BINS)
+    for s in sources:
+        total += hists[s]
+    return total
+
+
+def baseline_markdown(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for res in results.values():
+        lines += [f"**{res['model']}** `{res['formula']}`; threshold per fold: {res['rule']} "
+                  f"(registered default {res['registered_threshold']:.3f}, re-tuned on "
+                  f"{' + '.join(V1_SOURCES)}: {res['default_threshold_retuned']:.3f})", "",
+                  "| held-out source | tiles | landslide px % | threshold | IoU | precision | "
+                  "recall | F1 | IoU at its own best threshold (oracle) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for src, r in res["folds"].items():
+            lines.append(f"| {src} | {r['tiles']} | {100 * r['landslide_share']:.1f} | "
+                         f"{r['threshold']:.3f} | {_pcts(r)} | {100 * r['oracle_iou']:.1f} |")
+        lines += [_mean_line(res["mean"], len(res["folds"]), 3, extra=1), ""]
+    if len(results) > 1:
+        folds = list(next(iter(results.values()))["folds"])
+        lines += ["LOSO landslide IoU (%) per held-out source:", "",
+                  "| baseline | " + " | ".join(folds) + " | mean |",
+                  "|---|" + "---:|" * (len(folds) + 1)]
+        for res in results.values():
+            lines.append(f"| {res['model']} | "
+                         + " | ".join(f"{100 * res['folds'][f]['iou']:.1f}" for f in folds)
+                         + f" | {100 * res['mean']['iou']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _pcts(r: dict[str, Any]) -> str:
+    return " | ".join(f"{100 * r[k]:.1f}" for k in METRICS)
+
+
+def _mean_line(mean: dict[str, float], n: int, blanks: int, extra: int = 0) -> str:
+    if not mean:
+        return ""
+    cells = " | ".join(f"**{100 * mean[k]:.1f}**" for k in METRICS)
+    return (f"| **mean ({n} source{'s' if n != 1 else ''})** |" + " |" * blanks + f" {cells} |"
+            + " |" * extra)
+
+
+# ------------------------------------------------------------------------ existing model
+
+
+def _oracle_iou(report: Any) -> float:
+    """IoU at the best-F1 threshold of the evaluated tiles themselves (not allowed in practice:
+    shows how much of the gap is the threshold)."""
+    return scores(report.histogram.at(report.best_threshold["threshold"]))["iou"]
+
+
+def _seen_sources(meta: dict[str, Any]) -> set[str]:
+    training = meta.get("training") or {}
+    seen: set[str] = set()
+    for key in ("dataset", "val_dataset"):
+        info = training.get(key) or {}
+        seen.update(str(r) for r in info.get("regions") or [])
+    return seen
+
+
+def run_model(ref: str, data: Sources, folds: list[str], *, device: str, batch_size: int,
+              include_seen: bool) -> dict[str, Any]:
+    from landslide_cli.backends import open_backend
+    from landslide_cli.evaluate import evaluate
+
+    be = open_backend(ref, device=device)
+    seen = _seen_sources(be.metadata or {})
+    rows: dict[str, dict[str, Any]] = {}
+    skipped = [s for s in folds if s in seen and not include_seen]
+    t0 = time.perf_counter()
+    for src in folds:
+        if src in skipped:
+            continue
+        report = evaluate(be, data.tiles(src), batch_size=batch_size, bins=BINS)
+        rows[src] = {"tiles": len(report.tiles), "landslide_share": positive_share(report),
+                     "threshold": report.threshold, "seen_in_training": src in seen,
+                     "best_f1_threshold": report.best_threshold["threshold"],
+                     "oracle_iou": _oracle_iou(report), **scores(report.overall)}
+        say(f"{be.model_name} on {src}: IoU {100 * rows[src]['iou']:.1f}")
+    unseen = {s: r for s, r in rows.items() if not r["seen_in_training"]}
+    return {"model": be.model_name, "sha256": be.model_sha256, "threshold": be.threshold,
+            "seen_sources": sorted(seen), "skipped_seen": skipped, "folds": rows,
+            "mean_unseen": mean_row(unseen), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def model_markdown(res: dict[str, Any]) -> str:
+    lines = [f"**{res['model']}** (sha256 `{res['sha256'][:12]}`) at its own threshold "
+             f"{res['threshold']:.3f}; trained/validated on: "
+             f"{', '.join(res['seen_sources']) or 'unknown'}"
+             + (f" (not scored: {', '.join(res['skipped_seen'])})" if res["skipped_seen"] else ""),
+             "", "| source | tiles | landslide px % | seen in training | threshold | IoU | "
+             "precision | recall | F1 | oracle: best-F1 threshold on it, IoU there |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for src, r in res["folds"].items():
+        lines.append(f"| {src} | {r['tiles']} | {100 * r['landslide_share']:.1f} | "
+                     f"{'yes (in-domain)' if r['seen_in_training'] else 'no'} | "
+                     f"{r['threshold']:.3f} | {_pcts(r)} | {r['best_f1_threshold']:.3f}, "
+                     f"{100 * r['oracle_iou']:.1f} |")
+    n = sum(1 for r in res["folds"].values() if not r["seen_in_training"])
+    if n > 1:
+        lines.append(_mean_line(res["mean_unseen"], n, 4, extra=1).replace(
+            "**mean (", "**mean of unseen (", 1))
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- recipe
+
+
+def fold_split(data: Sources, heldout: str, *, seed: int, amu_val_scene: str) -> Any:
+    """Train/val from the other three sources (see the module docstring), test = held out."""
+    from landslide_cli.data.splits import SplitAssignment, make_split
+
+    train_sources = [s for s in SOURCES if s != heldout]
+    random_sources = [s for s in train_sources if s != AMU]
+    samples = [x for s in random_sources for x in data.samples(s)]
+    split = make_split(samples, mode="random", seed=seed, ratios=(0.8, 0.2, 0.0))
+    train, val = list(split.train), list(split.val)
+    if AMU in train_sources:
+        for x in data.samples(AMU):
+            m = AMU_STEM.match(x.name)
+            if m is None:
+                raise SystemExit(f"{x.image_path}: not an amu<scene>_<row>_<col> patch name")
+            (val if m.group(1).upper() == amu_val_scene.upper() else train).append(x.key)
+    test = [x.key for x in data.samples(heldout)]
+    return SplitAssignment(mode="loso", seed=seed, ratios=(0.8, 0.2, 0.0), train=sorted(train),
+                           val=sorted(val), test=sorted(test),
+                           extra={"heldout": heldout, "train_sources": train_sources,
+                                  "amunet_val_scene": amu_val_scene.upper(),
+                                  "rule": "random 80/20 per source (seeded); amunet_uav by "
+                                          "scene; test = the held-out source"})
+
+
+def _write_split(path: Path, split: Any) -> None:
+    from landslide_cli.data.splits import load_split_file, save_split_file
+
+    if path.is_file():
+        old = load_split_file(path)
+        if (old.train, old.val, old.test) != (split.train, split.val, split.test):
+            raise SystemExit(f"{path} holds another split than these options give (other "
+                             "--split-seed or --amunet-val-scene?); use another --out")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_split_file(path, split, dataset="folder")
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Batches per epoch of ``train segment`` on one process (drop_last when n >= batch)."""
+    return n_train // batch_size if n_train >= batch_size else 1
+
+
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def run_recipe(args: argparse.Namespace, data: Sources, folds: list[str]) -> dict[str, Any]:
+    from landslide_cli.checkpoint import file_sha256, read_metadata
+    from landslide_cli.cli.reporting import cli_reporter
+    from landslide_cli.evaluate import evaluate
+    from landslide_cli.train.config import SegmentConfig, resolve_config
+    from landslide_cli.train.engine import STATE_FILE
+    from landslide_cli.train.segment import train_segment
+
+    out_dir = Path(args.out)
+    sets = _parse_sets(args.set)
+    rows: dict[str, dict[str, Any]] = {}
+    for src in folds:
+        fold_dir = out_dir / f"heldout-{src}"
+        split_path = out_dir / "splits" / f"heldout-{src}.json"
+        split = fold_split(data, src, seed=args.split_seed, amu_val_scene=args.amunet_val_scene)
+        _write_split(split_path, split)
+        overrides: dict[str, Any] = {
+            **sets, "data": str(data.root), "dataset": "folder", "split_file": str(split_path),
+            "train_split": "train", "val_split": "val", "name": f"loso-heldout-{src}",
+            "out": str(fold_dir), "device": args.device, "quiet": args.quiet or None,
+        }
+        base = resolve_config(SegmentConfig, overrides, config_file=args.recipe)
+        spe = steps_per_epoch(len(split.train), base.batch_size)
+        epochs = max(1, math.ceil(args.steps / spe))
+        if (fold_dir / STATE_FILE).is_file():
+            say(f"[{src}] resuming {fold_dir} (its config.yaml fixes the recipe)")
+            cfg = resolve_config(SegmentConfig, {"resume": str(fold_dir), "steps": args.steps,
+                                                 "device": args.device,
+                                                 "quiet": args.quiet or None})
+        else:
+            say(f"[{src}] training {fold_dir}: {len(split.train)} train / {len(split.val)} val "
+                f"tiles, {args.steps} steps = {epochs} epochs of at most {spe} steps")
+            cfg = resolve_config(SegmentConfig, {**overrides, "steps": args.steps},
+                                 config_file=args.recipe)
+        t0 = time.perf_counter()
+        result = train_segment(cfg, reporter=cli_reporter(args.quiet))
+        wall = time.perf_counter() - t0
+        if not result.finished:
+            say(f"[{src}] stopped before the end; run again to resume")
+            continue
+        ckpt = fold_dir / f"{args.checkpoint}.safetensors"
+        sha = file_sha256(ckpt)
+        cache = fold_dir / "heldout.json"
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+        if cached.get("sha256") == sha:
+            row = cached["row"]
+            say(f"[{src}] held-out score cached in {cache}")
+        else:
+            report = evaluate(str(ckpt), data.tiles(src), device=args.device,
+                              batch_size=args.batch_size, bins=BINS)
+            meta = read_metadata(ckpt)
+            hist = result.history  # rows read back from metrics.csv on resume are strings
+            train_s, prev = 0.0, 0
+            for r in hist:  # training time of an epoch = its images / its img/s
+                step = int(float(r["step"]))
+                if r.get("img_per_s") not in (None, ""):
+                    train_s += (step - prev) * cfg.batch_size / float(r["img_per_s"])
+                prev = step
+            steps_done = prev
+            row = {"tiles": len(report.tiles), "landslide_share": positive_share(report),
+                   "train_tiles": len(split.train), "val_tiles": len(split.val),
+                   "epochs": int(meta.training.get("epoch", epochs)), "steps": steps_done,
+                   "batch_size": cfg.batch_size, "size": cfg.size,
+                   "threshold": report.threshold, "checkpoint": args.checkpoint,
+                   "val_iou_at_threshold": (meta.metrics.get("val", {}).get("overall", {})
+                                            .get("iou_at_threshold")),
+                   "best_f1_threshold": report.best_threshold["threshold"],
+                   "oracle_iou": _oracle_iou(report),
+                   "train_seconds": round(train_s, 1),
+                   "seconds_per_step": round(train_s / max(steps_done, 1), 3),
+                   "run_seconds": round(sum(float(r.get("seconds", 0)) for r in hist), 1),
+                   **scores(report.overall)}
+            cache.write_text(json.dumps({"sha256": sha, "row": row}, indent=1) + "\n")
+        row["wall_seconds_this_call"] = round(wall, 1)
+        rows[src] = row
+        say(f"[{src}] IoU {100 * row['iou']:.1f} at threshold {row['threshold']:.3f}, "
+            f"{row['steps']} steps, {row['seconds_per_step']} s/step")
+    return {"recipe": str(args.recipe), "overrides": sets, "steps_requested": args.steps,
+            "checkpoint": args.checkpoint, "out": str(out_dir), "folds": rows,
+            "mean": mean_row(rows) if len(rows) == len(folds) else {}}
+
+
+def recipe_markdown(res: dict[str, Any]) -> str:
+    sets = ", ".join(f"{k}={v}" for k, v in res["overrides"].items())
+    lines = [f"**recipe** `{res['recipe']}`" + (f" with {sets}" if sets else "")
+             + f", {res['steps_requested']} steps requested per fold, `{res['checkpoint']}` "
+               "checkpoint at its own threshold (best F1 on the training sources' validation "
+               "tiles)", "",
+             "| held-out source | tiles | train / val tiles | steps (epochs) | s/step | "
+             "threshold | IoU | precision | recall | F1 | oracle IoU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for src, r in res["folds"].items():
+        lines.append(f"| {src} | {r['tiles']} | {r['train_tiles']} / {r['val_tiles']} | "
+                     f"{r['steps']} ({r['epochs']}) | {r['seconds_per_step']:.2f} | "
+                     f"{r['threshold']:.3f} | {_pcts(r)} | {100 * r['oracle_iou']:.1f} |")
+    lines.append(_mean_line(res["mean"], len(res["folds"]), 5, extra=1))
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "processor": platform.processor() or None}
+
+
+def _csv(text: str, choices: tuple[str, ...] | list[str], what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items == ["all"]:
+        return list(choices)
+    bad = [t for t in items if t not in choices]
+    if bad or not items:
+        raise SystemExit(f"--{what} {text!r}: choose from {', '.join(choices)} (or all)")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    from landslide_cli.baselines import BASELINES
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="folder with sichuan/, bijie/, hokkaido/, amunet_uav/ "
+                        "(default: %(default)s)")
+    p.add_argument("--folds", default="all",
+                   help="held-out sources, comma-separated (default: all four)")
+    p.add_argument("--baselines", default="rg",
+                   help=f"baselines to tabulate: {', '.join(BASELINES.names())} or all "
+                        "(default: rg)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline tables")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="only the baseline tables (no training, no --model)")
+    p.add_argument("--model", help="evaluate this checkpoint / shipped model instead of "
+                                   "training a recipe")
+    p.add_argument("--include-seen", action="store_true",
+                   help="--model: also score sources it was trained on (flagged in-domain)")
+    p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE,
+                   help="train segment config (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe option (repeatable), e.g. --set size=64")
+    p.add_argument("--steps", type=int, default=1500,
+                   help="optimizer steps per fold (train segment --steps; default: 1500)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                   help="which checkpoint of a fold is scored (default: last, as v1 ships)")
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "loso",
+                   help="run folders and split files (default: %(default)s)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--amunet-val-scene", default="A", choices=("A", "B", "C"),
+                   help="amunet_uav scene used for validation when it is a training source")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=4, help="evaluation batch size")
+    p.add_argument("--quiet", action="store_true", help="no training progress output")
+    p.add_argument("--json", type=Path, help="write all results as JSON")
+    p.add_argument("--no-mallopt", action="store_true",
+                   help="leave glibc's allocator alone (the CLI tunes it, see runtime.py)")
+    args = p.parse_args(argv)
+    if not args.no_mallopt:
+        from landslide_cli.runtime import tune_allocator
+
+        tune_allocator()  # as `landslide train` does: several times faster on some VMs
+    if args.steps < 1:
+        raise SystemExit("--steps must be >= 1")
+    folds = _csv(args.folds, SOURCES, "folds")
+    names = _csv(args.baselines, BASELINES.names(), "baselines")
+
+    t0 = time.perf_counter()
+    data = Sources(args.data)
+    command = " ".join(["benchmarks/generalization.py", *(sys.argv[1:] if argv is None else argv)])
+    results: dict[str, Any] = {"machine": machine(), "command": command, "data": str(args.data),
+                               "folds": folds}
+    md: list[str] = []
+    if not args.no_baseline:
+        results["baselines"] = run_baselines(names, data, folds)
+        md.append(baseline_markdown(results["baselines"]))
+    if not args.baseline_only:
+        if args.model:
+            results["model"] = run_model(args.model, data, folds, device=args.device,
+                                         batch_size=args.batch_size,
+                                         include_seen=args.include_seen)
+            md.append(model_markdown(results["model"]))
+        else:
+            results["recipe"] = run_recipe(args, data, folds)
+            md.append(recipe_markdown(results["recipe"]))
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    m = results["machine"]
+    md.append(f"({m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s), "
+              f"{results['seconds']:.0f} s in all)")
+    print("\n".join(md))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        say(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
