@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,7 +29,9 @@ from landslide_cli.safety import sha256_file as file_sha256
 
 __all__ = ["CheckpointMeta", "atomic_write", "file_sha256", "load_checkpoint", "read_metadata",
            "save_checkpoint"]
-from landslide_cli.zoo.spec import Architecture
+
+if TYPE_CHECKING:
+    from landslide_cli.zoo.spec import Architecture
 
 FORMAT = "landslide-checkpoint"
 FORMAT_VERSION = "1"
@@ -54,6 +56,8 @@ class CheckpointMeta:
 
     @property
     def arch(self) -> Architecture:
+        from landslide_cli.zoo.spec import Architecture  # the zoo loads only when needed
+
         return Architecture.from_dict(self.architecture)
 
     @property

@@ -32,18 +32,20 @@ from torch import nn
 
 from landslide_cli import __version__
 from landslide_cli.errors import LandslideError
+from landslide_cli.onnx_format import (  # noqa: F401 - re-exported
+    INPUT_NAME,
+    METADATA_KEY,
+    ONNX_FORMAT,
+    ONNX_FORMAT_VERSION,
+    OUTPUT_NAME,
+    parse_metadata,
+    read_onnx_metadata,
+)
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.registry import Registry
 from landslide_cli.reporting import Reporter, as_reporter
 from landslide_cli.safety import atomic_write, check_target
 
-#: value of ``format`` inside the ``landslide`` metadata JSON
-ONNX_FORMAT = "landslide-onnx"
-ONNX_FORMAT_VERSION = "1"
-#: the ``metadata_props`` key holding the JSON document
-METADATA_KEY = "landslide"
-INPUT_NAME = "image"
-OUTPUT_NAME = "probability"
 #: max |p_onnx - p_torch| accepted by the parity check
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 MIN_OPSET, MAX_OPSET = 13, 20
@@ -355,40 +357,6 @@ def export_onnx(
         onnx_sha256=file_sha256(out), seconds=time.perf_counter() - started, parity=parity,
         rewrites=rewrites,
     )
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``landslide`` JSON document of an exported file (raises if it is missing)."""
-    import onnx
-
-    path = Path(path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise LandslideError(f"{path}: not an ONNX model ({_short(exc)})") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    return parse_metadata(props, source=str(path))
-
-
-def parse_metadata(props: dict[str, str], *, source: str) -> dict[str, Any]:
-    """Validate the ``metadata_props`` of a landslide ONNX file; return the JSON document."""
-    if METADATA_KEY not in props:
-        raise LandslideError(f"{source}: not a landslide ONNX model: metadata missing "
-                             "(export one with `landslide export`)")
-    try:
-        doc = json.loads(props[METADATA_KEY])
-    except json.JSONDecodeError:
-        raise LandslideError(f"{source}: landslide ONNX metadata is not valid JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != ONNX_FORMAT:
-        raise LandslideError(f"{source}: not a landslide ONNX model: metadata has no "
-                             f"format={ONNX_FORMAT!r}")
-    if str(doc.get("format_version")) != ONNX_FORMAT_VERSION:
-        raise LandslideError(f"{source}: landslide ONNX format version "
-                             f"{doc.get('format_version')!r} is not supported")
-    if not isinstance(doc.get("checkpoint"), dict) or "input" not in doc["checkpoint"]:
-        raise LandslideError(f"{source}: landslide ONNX metadata lacks the checkpoint's input "
-                             "spec")
-    return doc
 
 
 # --------------------------------------------------------------------------------------------

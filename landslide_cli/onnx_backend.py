@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from landslide_cli.checkpoint import file_sha256
 from landslide_cli.errors import LandslideError
-from landslide_cli.export import INPUT_NAME, OUTPUT_NAME, parse_metadata
+from landslide_cli.onnx_format import INPUT_NAME, OUTPUT_NAME, parse_metadata
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.safety import sha256_file as file_sha256
 
 log = logging.getLogger("landslide.onnx")
 

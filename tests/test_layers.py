@@ -60,6 +60,23 @@ def test_the_library_loads_without_rich_or_typer():
     assert proc.stdout.strip() == "[]", proc.stdout
 
 
+def _loaded_after(module: str, prefixes: tuple[str, ...]) -> list[str]:
+    code = (f"import sys, {module}\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({prefixes!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=300)
+    return ast.literal_eval(proc.stdout)
+
+
+def test_light_imports():
+    """ONNX Runtime deployments load without torch or the exporter; metadata readers and the
+    data layer load without the model zoo (timm)."""
+    assert _loaded_after("landslide_cli.onnx_backend",
+                         ("torch", "timm", "landslide_cli.export", "landslide_cli.zoo")) == []
+    for module in ("landslide_cli.checkpoint", "landslide_cli.data"):
+        assert _loaded_after(module, ("timm", "landslide_cli.zoo")) == [], module
+
+
 def test_null_and_logging_reporters(caplog, capfd):
     for rep in (NullReporter(), LoggingReporter(), QuietReporter(RecordingReporter())):
         assert isinstance(rep, Reporter)

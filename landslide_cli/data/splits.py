@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landslide_cli.checkpoint import atomic_write
 from landslide_cli.data.base import Sample
 from landslide_cli.errors import DataError, LandslideError
 from landslide_cli.registry import Registry
+from landslide_cli.safety import atomic_write
 
 SPLITS = ("train", "val", "test")
 FORMAT = "landslide-split"
