@@ -6,6 +6,7 @@ import sys
 import traceback
 
 import typer
+from rich.markup import escape
 
 from landslide_cli import __version__
 from landslide_cli.cli import common, eval_cmd, export_cmd, models_cmd, predict_cmd, train_cmd
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return result if isinstance(result, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
+    except click_exc.NoArgsIsHelpError as exc:  # `landslide train`: the help text
+        exc.show()
+        return exc.exit_code
+    except click_exc.UsageError as exc:
+        common.err.print(f"[red]error:[/red] {escape(usage_message(exc))}", highlight=False)
+        return usage_exit_code(exc)
     except click_exc.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -86,6 +93,23 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         return 1
+
+
+def usage_message(exc: click_exc.UsageError) -> str:
+    """A usage error as one line: click's message and where to find the help."""
+    message = " ".join(exc.format_message().split())
+    if exc.ctx is not None:
+        message += f" (see `{exc.ctx.command_path} --help`)"
+    return message
+
+
+def usage_exit_code(exc: click_exc.UsageError) -> int:
+    """1 for a bad value (like a bad choice, checked by the library's rules), 2 for a command
+    line that does not parse (an unknown option, a missing argument)."""
+    if isinstance(exc, click_exc.BadParameter) and not isinstance(exc,
+                                                                  click_exc.MissingParameter):
+        return 1
+    return exc.exit_code
 
 
 def run() -> None:  # pragma: no cover - console script shim

@@ -9,8 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from landslide_cli.backends import check_backend
-from landslide_cli.cli import common
+from landslide_cli.cli import common, options
 from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 from landslide_cli.evaluate import KDA_PAPER, EvalReport, evaluate
@@ -89,21 +88,17 @@ def _check_outputs(outputs: list[tuple[str, Path | None, tuple[str, ...]]], *, o
 
 
 def command(
-    dataset: str = typer.Option("folder", "--dataset", "-d",
-                                help="Data set layout: folder, cas, bijie, landslide4sense."),
+    dataset: str = options.dataset("folder"),
     root: Path = typer.Option(..., "--root", help="Root folder of the data set."),
-    split: str = typer.Option("test", "--split", help="train, val, test or all."),
+    split: str = options.split("test", help="Split to evaluate."),
     regions: list[str] | None = typer.Option(
         None, "--regions", "--region",
         help="Regions (sub-datasets) to evaluate; repeat or separate with commas. Case and "
              "bracket style are ignored; a unique prefix is enough."),
-    model: str | None = typer.Option(None, "--model", "-m",
-                                     help="Checkpoint, .onnx file, shipped model name or "
-                                          "a baseline such as baseline:rg (default: the "
-                                          "embedded default model)."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    model: str | None = options.model(),
+    backend: str = options.backend(),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = options.device(),
     threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0,
                                            help="Decision threshold (default: the model's)."),
     objects: bool = typer.Option(False, "--objects",
@@ -111,9 +106,8 @@ def command(
     split_file: Path | None = typer.Option(None, "--split-file",
                                            help="JSON split file: read if it exists, else "
                                                 "written."),
-    split_mode: str | None = typer.Option(None, "--split-mode",
-                                          help="blocked or random (default: blocked for cas, "
-                                               "random otherwise)."),
+    split_mode: str | None = options.split_mode(
+        "How tiles are split (default: the data set's: blocked for cas, random otherwise)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
     skip_bad: bool = typer.Option(False, "--skip-bad",
                                   help="Skip unpaired or malformed tiles with a warning."),
@@ -122,11 +116,9 @@ def command(
                                          help="Write one CSV row per region plus overall."),
     figure: Path | None = typer.Option(None, "--figure",
                                        help="Write a PNG: worst/best tiles and the PR curve."),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Replace existing --json/--csv/--figure files."),
+    overwrite: bool = options.overwrite("Replace existing --json/--csv/--figure files."),
 ) -> None:
     """Evaluate a model on labelled tiles: IoU, precision, recall, F1, mIoU, OA per region."""
-    check_backend(backend)
     _check_outputs([("--json", json_path, ()), ("--csv", csv_path, ()),
                     ("--figure", figure, (".png",))], overwrite=overwrite, model=model)
     if split_file is not None and not split_file.expanduser().resolve().parent.is_dir():

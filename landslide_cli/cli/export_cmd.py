@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from landslide_cli.cli import common
+from landslide_cli.cli import common, options
 from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 
@@ -29,7 +29,7 @@ def command(
                                          "(default: the checkpoint's tile)."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
                                        help="Dynamic batch axis, or batch fixed to 1."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    overwrite: bool = options.overwrite("Replace an existing --out."),
     parity: bool = typer.Option(True, "--parity/--no-parity",
                                 help="Compare ONNX Runtime with PyTorch before writing."),
     parity_data: Path | None = typer.Option(
@@ -40,11 +40,10 @@ def command(
         True, "--optimize/--no-optimize",
         help="Export-time rewrites with the same math that ONNX Runtime runs faster "
              "(checked by the parity test)."),
-    exporter: str = typer.Option("torchscript", "--exporter",
-                                 help="torch.onnx exporter: torchscript or dynamo."),
-    device: str = typer.Option("cpu", "--device", help="Device for tracing and the PyTorch "
-                               "reference: cpu, cuda, cuda:N, auto."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    exporter: str = options.exporter(),
+    device: str = options.device("cpu", help="Device for tracing and the PyTorch reference: "
+                                 "cpu, cuda, cuda:N, auto."),
+    as_json: bool = options.json_flag("Print the report as JSON."),
 ) -> None:
     """Export a segmentation model to ONNX (probabilities, fixed tile, metadata embedded)."""
     if tile is not None and tile < MIN_TILE:

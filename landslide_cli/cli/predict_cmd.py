@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from landslide_cli.cli import common
+from landslide_cli.cli import common, options
 from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 
@@ -19,12 +19,9 @@ def command(
                                         show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output GeoPackage (.gpkg).",
                              show_default=False),
-    model: str | None = typer.Option(
-        None, "--model", "-m",
-        help="Checkpoint (.safetensors), exported ONNX model, shipped model name or a "
-             "weight-free baseline such as baseline:rg (default: the embedded default model)."),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    model: str | None = options.model(),
+    backend: str = options.backend(),
+    device: str = options.device(),
     tile: int | None = typer.Option(None, "--tile",
                                     help="Window size in pixels (default: the model's)."),
     overlap: float = typer.Option(0.25, "--overlap", help="Overlap between windows (0-0.9)."),
@@ -40,17 +37,16 @@ def command(
         None, "--prob-out",
         help="Also write the probability map as a COG GeoTIFF (a folder or a {scene} "
              "pattern for several scenes)."),
-    prob_dtype: str = typer.Option("uint8", "--prob-dtype",
-                                   help="uint8 (p*254, nodata 255) or float32 (nodata NaN)."),
+    prob_dtype: str = options.prob_dtype(),
     crs: str | None = typer.Option(
         None, "--crs", help="Output CRS, e.g. EPSG:4326 (default: the first scene's)."),
     quicklook: Path | None = typer.Option(
         None, "--quicklook",
         help="Also write a PNG of each scene with its polygons drawn over it (several scenes: "
              "the scene name is added to the file name)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = options.overwrite("Replace existing outputs."),
+    as_json: bool = options.json_flag("Print a JSON summary on stdout."),
+    quiet: bool = options.quiet("No progress bar."),
 ) -> None:
     """Map landslides in GeoTIFF scenes into a GeoPackage (sliding windows, seamless blending).
 
