@@ -7,7 +7,7 @@ fresh subprocess (so ``ru_maxrss`` is that run's peak) with a random-init ``pvt_
 ``--threshold``), and reports:
 
 * tiles/s and megapixels/s of the scene pass (read -> forward -> stitch -> polygons -> GPKG),
-* achieved model GFLOP/s (``landslide_cli.inspect.gflops`` per tile x tiles / forward time),
+* achieved model GFLOP/s (``landslide_cli.model_info.gflops`` per tile x tiles / forward time),
 * peak RSS of the subprocess,
 * overhead = scene pass time / pure forward time of the same number of tiles; the pure forward
   time per tile is measured in the same process just before and just after the run (mean of
@@ -104,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
     from rasterio.windows import Window
 
     from landslide_cli.backends import open_backend
-    from landslide_cli.inspect import gflops
+    from landslide_cli.model_info import gflops
     from landslide_cli.predict import predict_scenes
     from landslide_cli.predict.pipeline import peak_rss_mb
     from landslide_cli.predict.raster import prepare_tile

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from landslide_cli.cli import common
-from landslide_cli.inspect import list_models, model_info
+from landslide_cli.model_info import list_models, model_info
 
 
 def models(

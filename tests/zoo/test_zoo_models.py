@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from landslide_cli.errors import LandslideError
-from landslide_cli.inspect import count_params
+from landslide_cli.model_info import count_params
 from landslide_cli.zoo import BACKBONES, DECODERS, build_segmenter, parse_spec
 from landslide_cli.zoo.dcf import build_dcf
 

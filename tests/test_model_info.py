@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from landslide_cli.errors import LandslideError
-from landslide_cli.inspect import count_params, gflops, list_models, model_info
+from landslide_cli.model_info import count_params, gflops, list_models, model_info
 from landslide_cli.zoo import build_segmenter, parse_spec
 
 
