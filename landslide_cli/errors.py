@@ -19,12 +19,6 @@ class LandslideError(Exception):
             self.exit_code = exit_code
 
 
-class NotBuiltYet(LandslideError):
-    """A subcommand that exists in the interface but is not implemented yet."""
-
-    exit_code = 2
-
-
 class CheckpointError(LandslideError):
     """A checkpoint file is missing, corrupt, foreign or incompatible."""
 

@@ -317,35 +317,36 @@ def predict_tiles(backend: Any, batch: np.ndarray, *, chunk: int | None = None) 
 
     If the backend needs a fixed tile size (``backend.fixed_tile``, e.g. a static ONNX graph),
     smaller tiles are reflect-padded up to it and larger ones are covered by windows of that
-    size (the last window in each direction is shifted back inside the tile, overlaps are
-    averaged); probabilities are cropped back to each tile's size.
+    size, laid out and blended as ``landslide predict`` does with ``--overlap 0``
+    (:class:`~landslide_cli.predict.windows.GridLayout` / ``Stitcher``: the windows' shift-back
+    is spread over each row, shared pixels are blended); probabilities are cropped back to each
+    tile's size. ``chunk`` windows go to the backend at a time.
     """
     size = getattr(backend, "fixed_tile", None)
     n, _, h, w = batch.shape
     if not size or (h == size and w == size):
         return np.asarray(backend.predict(batch), dtype=np.float32)
-    chunk = chunk or max(1, n)
-
-    def starts(length: int) -> list[int]:
-        if length <= size:
-            return [0]
-        return [*range(0, length - size, size), length - size]
+    # predict's package pulls in the raster and vector stack: only this path needs it
+    from landslide_cli.predict.windows import GridLayout, Stitcher
 
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:
         mode = "reflect" if h > 1 and w > 1 else "edge"
         batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
-    windows = [(i, y, x) for i in range(n) for y in starts(h) for x in starts(w)]
-    acc = np.zeros((n, h + ph, w + pw), dtype=np.float32)
-    hits = np.zeros((n, h + ph, w + pw), dtype=np.float32)
+    layout = GridLayout(h, w, size, overlap=0.0)
+    stitchers = [Stitcher(layout) for _ in range(n)]
+    windows = [(i, y, x) for i in range(n) for _, _, y, x, _, _ in layout.windows()]
+    out = np.empty((n, h, w), dtype=np.float32)
+    chunk = chunk or max(1, n)
     for k in range(0, len(windows), chunk):
         part = windows[k:k + chunk]
         crops = np.stack([batch[i, :, y:y + size, x:x + size] for i, y, x in part])
         probs = np.asarray(backend.predict(crops), dtype=np.float32)
-        for (i, y, x), p in zip(part, probs, strict=True):
-            acc[i, y:y + size, x:x + size] += p
-            hits[i, y:y + size, x:x + size] += 1
-    return (acc / np.maximum(hits, 1))[:, :h, :w]
+        for (i, _, _), prob in zip(part, probs, strict=True):
+            block = stitchers[i].add(prob)
+            bh, bw = block.shape
+            out[i, block.y0:block.y0 + bh, block.x0:block.x0 + bw] = block.prob
+    return out
 
 
 def _prefetch(tiles: TileSet, *, skip_bad: bool, skipped: list[tuple[str, str]],

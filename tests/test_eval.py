@@ -122,6 +122,56 @@ def test_fixed_tile_models_get_padded_or_windowed_input(tmp_path):
     assert sorted(t.name for t in r_free.tiles) == ["a", "b", "c", "d"]
 
 
+def _averaged_windows(backend, batch, *, chunk=None):
+    """Eval's windowing before it used predict's GridLayout / Stitcher (the reference)."""
+    size = backend.fixed_tile
+    n, _, h, w = batch.shape
+
+    def starts(length):
+        return [0] if length <= size else [*range(0, length - size, size), length - size]
+
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        batch = np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
+    windows = [(i, y, x) for i in range(n) for y in starts(h) for x in starts(w)]
+    acc = np.zeros((n, h + ph, w + pw), np.float32)
+    hits = np.zeros_like(acc)
+    for k in range(0, len(windows), chunk or n):
+        part = windows[k:k + (chunk or n)]
+        probs = backend.predict(np.stack([batch[i, :, y:y + size, x:x + size]
+                                          for i, y, x in part]))
+        for (i, y, x), p in zip(part, probs, strict=True):
+            acc[i, y:y + size, x:x + size] += p
+            hits[i, y:y + size, x:x + size] += 1
+    return (acc / np.maximum(hits, 1))[:, :h, :w]
+
+
+def test_fixed_tile_windows_give_the_metrics_of_the_old_averaging(tmp_path, monkeypatch):
+    """Tiles up to 3x the model tile (3 windows an axis, uneven overlaps): predict's windowing
+    gives the old probabilities and metrics to 1e-6 for a pixelwise model."""
+    import landslide_cli.evaluate as ev
+
+    rng = np.random.default_rng(2)
+    fixed = OracleBackend(fixed_tile=32)
+    for shape in [(2, 3, 80, 70), (1, 3, 20, 90), (1, 3, 33, 100)]:
+        batch = rng.normal(size=shape).astype(np.float32)
+        new = predict_tiles(fixed, batch, chunk=4)
+        np.testing.assert_allclose(new, _averaged_windows(fixed, batch, chunk=4), atol=1e-6)
+        np.testing.assert_allclose(new, OracleBackend().predict(batch), atol=1e-6)
+    for name, (h, w) in {"a": (80, 70), "b": (20, 90), "c": (96, 96)}.items():
+        image, mask = _tile(rng, h, w)
+        _write(tmp_path / "big" / "img" / f"{name}.tif", image)
+        _write(tmp_path / "big" / "mask" / f"{name}.tif", mask)
+    tiles = open_dataset("folder", tmp_path / "big", split="all")
+    new = evaluate(fixed, dataset=tiles, batch_size=2)
+    monkeypatch.setattr(ev, "predict_tiles", _averaged_windows)
+    old = evaluate(fixed, dataset=tiles, batch_size=2)
+    assert new.overall == old.overall and new.overall.total == 80 * 70 + 20 * 90 + 96 * 96
+    a, b = new.to_json(), old.to_json()
+    for key in ("landslide", "miou", "oa", "mean_f1", "best_threshold"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
 def test_cli_eval_on_bijie_tiles(run_cli, shared_data, tiny_checkpoint, tmp_path):
     source = shared_data / "landslides" / "bijie"
     root = tmp_path / "bijie"

@@ -2,7 +2,9 @@
 
 Every layout is a function ``list_<name>(root, *, bands) -> Listing`` that finds image/mask pairs
 (by file stem, never by listing order) and says which reader, default split mode and input-spec
-hint fit. :func:`open_dataset` adds splitting, region selection and ``skip_bad`` on top.
+hint fit. Its entry's ``parse_bands`` turns the user's band selection into the 1-based indices
+it receives (default: raster indices or ``rgb``; Landslide4Sense also takes band names).
+:func:`open_dataset` adds splitting, region selection and ``skip_bad`` on top.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from landslide_cli.data.base import (
     TileSet,
     nfc,
 )
+from landslide_cli.data.l4s import H5Reader, l4s_spec_hint, parse_l4s_bands
 from landslide_cli.data.splits import (
     SPLIT_MODES,
     SPLITS,
@@ -37,7 +40,8 @@ from landslide_cli.registry import Registry
 
 log = logging.getLogger("landslide.data")
 
-#: name -> ``list_fn(root: Path, *, bands) -> Listing``
+#: name -> ``list_fn(root: Path, *, bands: list[int] | None) -> Listing``; optional info
+#: ``parse_bands(selection) -> list[int] | None`` (default :func:`parse_bands`)
 DATASETS: Registry = Registry("dataset")
 
 IMG_DIRS = ("img", "image", "images")
@@ -198,21 +202,18 @@ def _official_split_of(region: str) -> str | None:
     return None
 
 
-@DATASETS.register("landslide4sense", aliases=("l4s",),
+@DATASETS.register("landslide4sense", aliases=("l4s",), parse_bands=parse_l4s_bands,
                    description="Landslide4Sense: img/image_N.h5 (128x128x14) + mask/mask_N.h5")
-def list_landslide4sense(root: Path, *, bands: list[int] | str | None = None) -> Listing:
-    from landslide_cli.data.l4s import H5Reader, l4s_spec_hint, parse_l4s_bands
-
+def list_landslide4sense(root: Path, *, bands: list[int] | None = None) -> Listing:
     layout = "ROOT/img/image_N.h5 + ROOT/mask/mask_N.h5, or ROOT/<part>/{img,mask}"
     samples, problems = _list_units(root, _units(root, depth=1), layout,
                                     suffixes=frozenset({".h5", ".hdf5"}),
                                     mask_stem=_l4s_mask_stem)
-    indices = parse_l4s_bands(bands)
     official = {s.key: _official_split_of(s.region) for s in samples}
     has_official = any(v is not None for v in official.values())
-    return Listing(samples, H5Reader(indices), problems,
+    return Listing(samples, H5Reader(bands), problems,
                    default_split_mode="official" if has_official else "random",
-                   spec_hint=l4s_spec_hint(indices),
+                   spec_hint=l4s_spec_hint(bands),
                    official={k: v for k, v in official.items() if v} if has_official else None)
 
 
@@ -260,7 +261,8 @@ def match_regions(wanted: Sequence[str] | str | None, available: Sequence[str]) 
 # ------------------------------------------------------------------------------ open_dataset
 
 
-def _parse_bands(bands: Sequence[int | str] | str | None) -> list[int] | None:
+def parse_bands(bands: Sequence[int | str] | str | None) -> list[int] | None:
+    """A raster band selection (``"1,2,3"``, ``[4, 3, 2]``, ``rgb``) -> 1-based indices."""
     if bands is None:
         return None
     items = bands.split(",") if isinstance(bands, str) else list(bands)
@@ -333,12 +335,8 @@ def open_dataset(
     if split not in (*SPLITS, "all"):
         raise LandslideError(f"unknown split {split!r}; choose one of: train, val, test, all")
     ratios = check_ratios(ratios)
-    if entry.name == "landslide4sense":
-        listing = entry.builder(root, bands=bands)
-        band_list = listing.reader.bands  # type: ignore[attr-defined]
-    else:
-        band_list = _parse_bands(bands)
-        listing = entry.builder(root, bands=band_list)
+    band_list = entry.info.get("parse_bands", parse_bands)(bands)
+    listing = entry.builder(root, bands=band_list)
     all_regions = sorted({s.region for s in listing.samples} | {r for r, _ in listing.problems})
     keep = set(match_regions(regions, all_regions))
     # problems of regions that are not evaluated do not matter

@@ -114,9 +114,3 @@ def environment(ctx: DistContext) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(dev)
     return info
 
-
-def dataset_info(tiles: Any) -> dict[str, Any]:
-    try:
-        return dict(tiles.info())
-    except Exception:  # older TileSet without info()
-        return {"tiles": len(tiles), "regions": list(getattr(tiles, "regions", []))}

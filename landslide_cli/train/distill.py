@@ -328,7 +328,7 @@ class DistillTask(TrainTask):
                 "schedule": cfg.schedule,
                 "seed": cfg.seed,
                 "losses": losses,
-                "dataset": common.dataset_info(self.tiles),
+                "dataset": self.tiles.info(),
                 "environment": common.environment(self.ctx),
             },
             metrics={"train": losses},

@@ -1,10 +1,10 @@
 """The generic training loop shared by both phases.
 
 A phase implements :class:`TrainTask` (build models, one optimisation step, validation, output
-checkpoints); :func:`fit` owns everything around it: seeding and deterministic data order,
-epochs, progress display, ``metrics.csv``/TensorBoard logging, the per-epoch resume state,
-``--resume``, ``--stop-after``, and the distributed bookkeeping (rank-0-only I/O, reductions,
-barriers).
+checkpoints); :func:`fit` (a :class:`FitLoop`: restore, run epoch, end of epoch) owns
+everything around it: seeding and deterministic data order, epochs, progress display,
+``metrics.csv``/TensorBoard logging, the per-epoch resume state, ``--resume``,
+``--stop-after``, and the distributed bookkeeping (rank-0-only I/O, reductions, barriers).
 
 Determinism: at the start of epoch ``e`` every process re-seeds Python, numpy and torch with a
 value derived from ``(seed, e, rank)``, the shuffling sampler with ``(seed, e)`` and the
@@ -23,6 +23,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -540,139 +541,190 @@ def fit(task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path, *,
         reporter: Reporter | None = None) -> dict[str, Any]:
     """Train ``task`` for ``cfg.epochs`` or ``cfg.steps`` optimizer steps (or until
     ``cfg.stop_after`` epochs in this call); progress and notes go to ``reporter``."""
-    main = ctx.is_main
-    rep = phase_reporter(cfg, ctx, reporter)
-    # the loss terms are read back from the device only when someone is told them
-    show = main and not isinstance(rep, (NullReporter, QuietReporter))
-    loader = EpochLoader(task.train_dataset, batch_size=cfg.batch_size, seed=cfg.seed, ctx=ctx,
-                         num_workers=cfg.workers,
-                         pin_memory=ctx.device.type == "cuda",
-                         sampling=getattr(cfg, "sampling", "uniform"))
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise LandslideError("the training split yields no batches")
-    total_steps = planned_steps(cfg, steps_per_epoch)
-    epochs = planned_epochs(cfg, steps_per_epoch)
-    task.total_steps = total_steps
-    task.setup(steps_per_epoch)
+    return FitLoop(task, cfg, ctx, run_dir, phase_reporter(cfg, ctx, reporter)).run()
 
-    start_epoch, step, best = 0, 0, None
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=main, reporter=rep)
-    if cfg.resume:
-        saved = load_state(run_dir / STATE_FILE)
-        if saved.get("phase") != cfg.phase:
-            raise CheckpointError(f"{run_dir / STATE_FILE}: is a {saved.get('phase')!r} run, "
-                                  f"not {cfg.phase!r}")
-        task.load_state_dict(saved["task"])
-        start_epoch, step, best = int(saved["epoch"]), int(saved["step"]), saved.get("best")
-        rng = saved.get("rng_all") or []
-        if ctx.rank < len(rng):
-            set_rng_state(rng[ctx.rank])
-        log.load(start_epoch)
-        if (start_epoch >= epochs or step >= total_steps) and main:
-            rep.info(f"run {run_dir} already finished {start_epoch} epochs ({step} steps)")
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / CONFIG_FILE).exists():
-            # start-up files of a run that never completed an epoch (see prepare_run_dir)
-            (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        save_config(cfg, run_dir / CONFIG_FILE)
-    ctx.barrier()
 
-    progress = ProgressDisplay(rep, epochs, steps_per_epoch, cfg.batch_size * ctx.world_size)
-    outputs: dict[str, Path] = {}
-    ran = 0
-    stopped_early = False
-    run_t0 = time.perf_counter()
-    done_steps = 0
-    try:
-        for epoch in range(start_epoch, epochs):
-            if step >= total_steps:
-                break
-            # the last epoch of a run counted in steps may be partial
-            epoch_steps = min(steps_per_epoch, total_steps - step)
-            t0 = time.perf_counter()
-            seed_everything(derive_seed(cfg.seed, epoch, ctx.rank))
-            task.set_train(True)
-            progress.start_epoch(epoch + 1, epoch_steps)
-            # running sums stay on the device: no host sync per step (only when displayed)
-            acc = torch.float64 if ctx.device.type in ("cpu", "cuda") else torch.float32
-            sums: dict[str, torch.Tensor] = {}
-            count = torch.zeros((), dtype=acc)
-            seen = 0
-            last_logged = 0
-            for i, batch in enumerate(worker_errors(loader.epoch(epoch))):
-                if i >= epoch_steps:
+@dataclass
+class EpochStats:
+    """What :meth:`FitLoop.run_epoch` measured: loss means and images over all processes."""
+
+    means: dict[str, float]
+    images: float
+    started: float  #: ``time.perf_counter()`` at the start of the epoch
+    train_seconds: float
+
+
+class FitLoop:
+    """One :func:`fit` call: the run's plan and counters, and its three steps.
+
+    :meth:`restore` continues from the resume state or starts the run folder afresh;
+    :meth:`run_epoch` runs the optimisation steps of one epoch; :meth:`end_epoch` validates,
+    tracks the best score and writes the metrics row, the checkpoints and the resume state.
+    """
+
+    def __init__(self, task: TrainTask, cfg: TrainConfig, ctx: DistContext, run_dir: Path,
+                 reporter: Reporter) -> None:
+        self.task, self.cfg, self.ctx, self.run_dir, self.rep = task, cfg, ctx, run_dir, reporter
+        self.main = ctx.is_main
+        # the loss terms are read back from the device only when someone is told them
+        self.show = self.main and not isinstance(reporter, (NullReporter, QuietReporter))
+        self.loader = EpochLoader(task.train_dataset, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  ctx=ctx, num_workers=cfg.workers,
+                                  pin_memory=ctx.device.type == "cuda",
+                                  sampling=getattr(cfg, "sampling", "uniform"))
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise LandslideError("the training split yields no batches")
+        self.total_steps = planned_steps(cfg, self.steps_per_epoch)
+        self.epochs = planned_epochs(cfg, self.steps_per_epoch)
+        task.total_steps = self.total_steps
+        task.setup(self.steps_per_epoch)
+        self.start_epoch, self.step, self.best = 0, 0, None
+        self.log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=self.main,
+                              reporter=reporter)
+        self.progress = ProgressDisplay(reporter, self.epochs, self.steps_per_epoch,
+                                        cfg.batch_size * ctx.world_size)
+        self.outputs: dict[str, Path] = {}
+        self.ran = 0  #: epochs run by this call
+        self.run_t0 = 0.0
+        self.done_steps = 0  #: steps of this call shown so far (for the run ETA)
+
+    @property
+    def finished(self) -> bool:
+        return self.start_epoch + self.ran >= self.epochs or self.step >= self.total_steps
+
+    def run(self) -> dict[str, Any]:
+        self.restore()
+        self.ctx.barrier()
+        stopped_early = False
+        self.run_t0 = time.perf_counter()
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                if self.step >= self.total_steps:
                     break
-                terms = task.train_step(batch)
-                n = task.batch_size_of(batch)
-                seen += n
-                for k, v in terms.items():
-                    v = v.detach().to(acc) * n
-                    sums[k] = sums[k] + v if k in sums else v
-                count += n
-                step += 1
-                if show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == epoch_steps):
-                    now = time.perf_counter()
-                    rate = seen * ctx.world_size / max(now - t0, 1e-9)
-                    done_steps += (i + 1) - last_logged
-                    last_logged = i + 1
-                    left = total_steps - step
-                    eta = (now - run_t0) / max(done_steps, 1) * left
-                    info = "  ".join(f"{k} {(sums[k] / count).item():.4g}" for k in sums)
-                    progress.update(i + 1, f"{info}  {rate:.1f} img/s  run eta {_hms(eta)}")
-            # epoch means over all processes
-            names = sorted(sums)
-            packed = torch.stack([sums[k].cpu() for k in names] + [count]) if names \
-                else count[None]
-            packed = ctx.all_reduce_sum(packed.double())
-            means = {k: float(packed[j] / packed[-1]) for j, k in enumerate(names)}
-            train_seconds = time.perf_counter() - t0
-            task.set_train(False)
-            val = task.validate(epoch + 1)
-            seconds = time.perf_counter() - t0
-            is_best = False
-            if task.best_metric is not None and task.best_metric in val:
-                score = val[task.best_metric]
-                if best is None or score > best:
-                    best, is_best = score, True
-            row: dict[str, Any] = {"epoch": epoch + 1, "step": step}
-            row.update({f"train_{k}": v for k, v in means.items()})
-            row.update({f"lr_{k}": v for k, v in task.lrs().items()})
-            row.update(task.epoch_extras())
-            row.update({f"val_{k}": v for k, v in val.items()})
-            total_imgs = float(packed[-1])
-            row.update({"img_per_s": total_imgs / max(train_seconds, 1e-9),
-                        "seconds": seconds})
-            rngs = _gather_rng(ctx)
-            if main:
-                log.log(row)
-                outputs = task.save_outputs(run_dir, epoch + 1, val, is_best, log.rows)
-                save_state(run_dir / STATE_FILE, {
-                    "phase": cfg.phase, "epoch": epoch + 1, "step": step, "best": best,
-                    "task": task.state_dict(), "rng_all": rngs,
-                })
-                summary = "  ".join(f"{k} {v:.4g}" for k, v in means.items())
-                vsum = "  ".join(f"{k} {val[k]:.4g}" for k in SUMMARY_VAL_KEYS if k in val)
-                progress.message(f"epoch {epoch + 1}/{epochs}: {summary}"
-                                 + (f" | val {vsum}" if vsum else "") + f" ({seconds:.1f}s)")
-            ctx.barrier()
-            ran += 1
-            done = epoch + 1 >= epochs or step >= total_steps
-            if cfg.stop_after is not None and ran >= cfg.stop_after and not done:
-                stopped_early = True
+                self.end_epoch(epoch, self.run_epoch(epoch))
+                self.ran += 1
+                stop_after = self.cfg.stop_after
+                if stop_after is not None and self.ran >= stop_after and not self.finished:
+                    stopped_early = True
+                    break
+        finally:
+            self.progress.close()
+            self.log.close()
+        if stopped_early:
+            self.rep.info(f"stopped after {self.ran} epoch(s); continue with --resume "
+                          f"{self.run_dir}")
+        return self.result()
+
+    def restore(self) -> None:
+        """Continue from ``state.safetensors`` (``--resume``), or start the run folder."""
+        cfg, ctx, run_dir = self.cfg, self.ctx, self.run_dir
+        if cfg.resume:
+            saved = load_state(run_dir / STATE_FILE)
+            if saved.get("phase") != cfg.phase:
+                raise CheckpointError(f"{run_dir / STATE_FILE}: is a {saved.get('phase')!r} "
+                                      f"run, not {cfg.phase!r}")
+            self.task.load_state_dict(saved["task"])
+            self.start_epoch, self.step = int(saved["epoch"]), int(saved["step"])
+            self.best = saved.get("best")
+            rng = saved.get("rng_all") or []
+            if ctx.rank < len(rng):
+                set_rng_state(rng[ctx.rank])
+            self.log.load(self.start_epoch)
+            if (self.start_epoch >= self.epochs or self.step >= self.total_steps) and self.main:
+                self.rep.info(f"run {run_dir} already finished {self.start_epoch} epochs "
+                              f"({self.step} steps)")
+        elif self.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if (run_dir / CONFIG_FILE).exists():
+                # start-up files of a run that never completed an epoch (see prepare_run_dir)
+                (run_dir / METRICS_FILE).unlink(missing_ok=True)
+            save_config(cfg, run_dir / CONFIG_FILE)
+
+    def run_epoch(self, epoch: int) -> EpochStats:
+        """The optimisation steps of epoch ``epoch`` (0-based), seeded by ``(seed, epoch)``."""
+        cfg, ctx, task = self.cfg, self.ctx, self.task
+        # the last epoch of a run counted in steps may be partial
+        epoch_steps = min(self.steps_per_epoch, self.total_steps - self.step)
+        t0 = time.perf_counter()
+        seed_everything(derive_seed(cfg.seed, epoch, ctx.rank))
+        task.set_train(True)
+        self.progress.start_epoch(epoch + 1, epoch_steps)
+        # running sums stay on the device: no host sync per step (only when displayed)
+        acc = torch.float64 if ctx.device.type in ("cpu", "cuda") else torch.float32
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), dtype=acc)
+        seen = 0
+        last_logged = 0
+        for i, batch in enumerate(worker_errors(self.loader.epoch(epoch))):
+            if i >= epoch_steps:
                 break
-    finally:
-        progress.close()
-        log.close()
-    if stopped_early:
-        rep.info(f"stopped after {ran} epoch(s); continue with --resume {run_dir}")
-    if main and not outputs:
-        outputs = {p.stem: p for p in (run_dir / "last.safetensors", run_dir / "best.safetensors")
-                   if p.is_file()}
-    return {"run_dir": run_dir, "epochs_done": start_epoch + ran, "finished":
-            start_epoch + ran >= epochs or step >= total_steps, "best": best,
-            "outputs": outputs, "history": list(log.rows), "steps_done": step}
+            terms = task.train_step(batch)
+            n = task.batch_size_of(batch)
+            seen += n
+            for k, v in terms.items():
+                v = v.detach().to(acc) * n
+                sums[k] = sums[k] + v if k in sums else v
+            count += n
+            self.step += 1
+            if self.show and ((i + 1) % max(1, cfg.log_every) == 0 or i + 1 == epoch_steps):
+                now = time.perf_counter()
+                rate = seen * ctx.world_size / max(now - t0, 1e-9)
+                self.done_steps += (i + 1) - last_logged
+                last_logged = i + 1
+                left = self.total_steps - self.step
+                eta = (now - self.run_t0) / max(self.done_steps, 1) * left
+                info = "  ".join(f"{k} {(sums[k] / count).item():.4g}" for k in sums)
+                self.progress.update(i + 1, f"{info}  {rate:.1f} img/s  run eta {_hms(eta)}")
+        # epoch means over all processes
+        names = sorted(sums)
+        packed = torch.stack([sums[k].cpu() for k in names] + [count]) if names \
+            else count[None]
+        packed = ctx.all_reduce_sum(packed.double())
+        means = {k: float(packed[j] / packed[-1]) for j, k in enumerate(names)}
+        return EpochStats(means, float(packed[-1]), t0, time.perf_counter() - t0)
+
+    def end_epoch(self, epoch: int, stats: EpochStats) -> None:
+        """Validate epoch ``epoch`` (0-based) and write its row, checkpoints and state."""
+        task, run_dir = self.task, self.run_dir
+        task.set_train(False)
+        val = task.validate(epoch + 1)
+        seconds = time.perf_counter() - stats.started
+        is_best = False
+        if task.best_metric is not None and task.best_metric in val:
+            score = val[task.best_metric]
+            if self.best is None or score > self.best:
+                self.best, is_best = score, True
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step}
+        row.update({f"train_{k}": v for k, v in stats.means.items()})
+        row.update({f"lr_{k}": v for k, v in task.lrs().items()})
+        row.update(task.epoch_extras())
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row.update({"img_per_s": stats.images / max(stats.train_seconds, 1e-9),
+                    "seconds": seconds})
+        rngs = _gather_rng(self.ctx)
+        if self.main:
+            self.log.log(row)
+            self.outputs = task.save_outputs(run_dir, epoch + 1, val, is_best, self.log.rows)
+            save_state(run_dir / STATE_FILE, {
+                "phase": self.cfg.phase, "epoch": epoch + 1, "step": self.step,
+                "best": self.best, "task": task.state_dict(), "rng_all": rngs,
+            })
+            summary = "  ".join(f"{k} {v:.4g}" for k, v in stats.means.items())
+            vsum = "  ".join(f"{k} {val[k]:.4g}" for k in SUMMARY_VAL_KEYS if k in val)
+            self.progress.message(f"epoch {epoch + 1}/{self.epochs}: {summary}"
+                                  + (f" | val {vsum}" if vsum else "") + f" ({seconds:.1f}s)")
+        self.ctx.barrier()
+
+    def result(self) -> dict[str, Any]:
+        """What :func:`fit` returns (``outputs``: this call's checkpoints, else those on disk)."""
+        outputs = self.outputs
+        if self.main and not outputs:
+            outputs = {p.stem: p for p in (self.run_dir / "last.safetensors",
+                                           self.run_dir / "best.safetensors") if p.is_file()}
+        return {"run_dir": self.run_dir, "epochs_done": self.start_epoch + self.ran,
+                "finished": self.finished, "best": self.best, "outputs": outputs,
+                "history": list(self.log.rows), "steps_done": self.step}
 
 
 def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:

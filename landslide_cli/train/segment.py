@@ -256,8 +256,8 @@ class SegmentTask(TrainTask):
                 "amp": ("bf16-cpu" if self.ctx.device.type == "cpu" else cfg.amp)
                 if self.dtype is not None else "off",
                 "losses": losses,
-                "dataset": common.dataset_info(self.train_tiles),
-                "val_dataset": common.dataset_info(self.val_tiles)
+                "dataset": self.train_tiles.info(),
+                "val_dataset": self.val_tiles.info()
                 if self.val_tiles is not None else None,
                 "environment": common.environment(self.ctx),
             },

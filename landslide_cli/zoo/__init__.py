@@ -1,8 +1,8 @@
 """Model zoo: backbones, decoders, teachers and the discriminator, registered by name."""
 
 from landslide_cli.zoo import backbones, dcf, heads, teachers  # noqa: F401 - registration
-from landslide_cli.zoo.discriminator import DISCRIMINATORS, build_discriminator
-from landslide_cli.zoo.registries import BACKBONES, DECODERS, TEACHERS
+from landslide_cli.zoo.discriminator import build_discriminator
+from landslide_cli.zoo.registries import BACKBONES, DECODERS, DISCRIMINATORS, TEACHERS
 from landslide_cli.zoo.segmenter import Segmenter, build_segmenter
 from landslide_cli.zoo.spec import Architecture, parse_spec
 

@@ -33,12 +33,8 @@ import torch
 from torch import nn
 
 from landslide_cli.errors import LandslideError
-from landslide_cli.registry import Registry
-from landslide_cli.zoo.registries import TEACHERS
+from landslide_cli.zoo.registries import DISCRIMINATORS, TEACHERS
 from landslide_cli.zoo.teachers import ViTTeacher
-
-#: name (a DINOv2 teacher) -> ``build_discriminator`` with that backbone
-DISCRIMINATORS: Registry = Registry("discriminator")
 
 FUSE_MODES = ("concat", "sum")
 

@@ -12,3 +12,6 @@ BACKBONES: Registry = Registry("backbone")
 DECODERS: Registry = Registry("decoder")
 #: name -> ``builder(*, pretrained, weights, img_size) -> Teacher`` (frozen, NCHW feature map).
 TEACHERS: Registry = Registry("teacher")
+#: name (a DINOv2 teacher) -> ``builder(in_dim=None, **kw) -> Discriminator`` (KDA); filled
+#: from :data:`TEACHERS` when :mod:`landslide_cli.zoo.discriminator` is imported.
+DISCRIMINATORS: Registry = Registry("discriminator")
