@@ -334,7 +334,12 @@ class ProbWriter:
     it onto the target.
     """
 
-    def __init__(self, target: Path, scene: SceneInfo, dtype: str = "uint8") -> None:
+    #: band description a GIS shows for the probability band
+    BAND_DESCRIPTION = "landslide probability"
+
+    def __init__(self, target: Path, scene: SceneInfo, dtype: str = "uint8", *,
+                 model: str | None = None, tags: dict[str, Any] | None = None) -> None:
+        """``model`` (its name) and ``tags`` go into the file's metadata (GDAL tags)."""
         if dtype not in PROB_DTYPES:
             raise LandslideError(f"--prob-dtype must be one of {', '.join(PROB_DTYPES)}")
         self.target, self.scene, self.dtype = Path(target), scene, dtype
@@ -354,6 +359,25 @@ class ProbWriter:
                 self._ds = rasterio.open(self.stream_path, "w", **profile)
         except RasterioError as exc:
             raise LandslideError(f"cannot write {self.target}: {first_line(exc)}") from None
+        self._describe(model, tags)
+
+    def _describe(self, model: str | None, tags: dict[str, Any] | None) -> None:
+        """Band description, the uint8 encoding as scale/offset (``p = value * scale +
+        offset``, so GIS tools show probabilities) and the model in the tags; the COG copy
+        keeps them."""
+        ds = self._ds
+        ds.set_band_description(1, self.BAND_DESCRIPTION)
+        if self.dtype == "uint8":
+            ds.scales, ds.offsets = (1.0 / UINT8_SCALE,), (0.0,)
+            encoding = f"p = value / {UINT8_SCALE} (scale 1/{UINT8_SCALE}, offset 0), " \
+                       f"nodata {UINT8_NODATA}"
+        else:
+            encoding = "p = value, nodata NaN"
+        meta = {"LANDSLIDE_PROBABILITY": encoding, "SCENE": self.scene.path.name}
+        if model:
+            meta["MODEL"] = model
+        meta.update({str(k).upper(): str(v) for k, v in (tags or {}).items() if v is not None})
+        ds.update_tags(**meta)
 
     def encode(self, block: Block) -> np.ndarray:
         valid = block.valid

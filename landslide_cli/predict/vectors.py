@@ -1,5 +1,7 @@
 """Vector side of ``predict``: block-wise polygonizing with border merging, per-polygon
-statistics and measures, footprints, and the atomic GeoPackage writer (with a QGIS style).
+statistics and measures, footprints, and the staged output writers, one per format and chosen
+by the output's suffix (:data:`VECTOR_FORMATS`: GeoPackage with a QGIS style, FlatGeobuf,
+GeoParquet).
 
 Polygonizing works in *global pixel coordinates* (integers), so pieces that meet at block
 borders share exact vertices and unions are exact; geometries are mapped to the scene's CRS
@@ -8,6 +10,8 @@ only when a polygon is complete.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import warnings
 from collections.abc import Callable
@@ -24,7 +28,8 @@ from affine import Affine
 
 from landslide_cli.errors import LandslideError
 from landslide_cli.predict.windows import Block
-from landslide_cli.safety import Staged, first_line
+from landslide_cli.registry import Registry
+from landslide_cli.safety import Staged, check_distinct, check_target, first_line, temp_path
 
 # ---------------------------------------------------------------------------- polygonizing
 
@@ -422,6 +427,19 @@ SLD_STYLE = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+#: ``gpkg_contents.description`` of each layer (what a GIS user sees in the layer properties)
+LAYER_DESCRIPTIONS = {
+    "landslides": "landslide polygons mapped by landslide predict (one row per landslide)",
+    "footprints": "valid-data outline of each predicted scene",
+    "runs": "one row per scene: model, parameters and timing of the landslide predict run",
+}
+
+#: GeoPackage version written: 1.2 (``user_version`` 10200) opens without a warning in GDAL
+#: 3.6 (Debian bookworm, QGIS LTR builds); GDAL >= 3.7 writes 1.4 by default, which older GDAL
+#: reads with "user_version ... may only be partially supported".
+GPKG_VERSION = "1.2"
+
+
 def _crs_arg(crs: Any) -> Any:
     if crs is None:
         return None
@@ -429,15 +447,27 @@ def _crs_arg(crs: Any) -> Any:
     return f"EPSG:{code}" if code else crs.to_wkt()
 
 
-class GpkgWriter:
-    """Write the output GeoPackage to a temporary file beside ``target``; rename on commit."""
+def _quiet_write(target: Path, write: Callable[[], object]) -> None:
+    """Run one GDAL write, turning any failure into a one-line error naming ``target``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "'crs' was not provided"
+            write()
+    except LandslideError:
+        raise
+    except Exception as exc:
+        raise LandslideError(f"cannot write {target}: {first_line(exc)}") from None
 
-    def __init__(self, target: Path, crs: Any) -> None:
-        self.target = Path(target)
-        self.crs = crs
-        self._staged = Staged(self.target, ".tmp.gpkg")
-        self.tmp = self._staged.tmp
+
+class _GpkgLayers:
+    """The ``landslides``/``footprints``/``runs`` layers written into one GeoPackage file
+    (the staged output of :class:`GpkgWriter`, or the staging file of a one-layer format)."""
+
+    def __init__(self, path: Path, crs: Any, target: Path) -> None:
+        self.path, self.crs, self.target = path, crs, target
         self.features = 0
+        self._created = False
         self._create_landslides()
 
     def _gdf(self, data: dict[str, Any], geoms: Any) -> Any:
@@ -445,16 +475,16 @@ class GpkgWriter:
 
         return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(list(geoms), crs=_crs_arg(self.crs)))
 
-    def _write(self, frame: Any, layer: str, **kw: Any) -> None:
+    def _write(self, frame: Any, layer: str, *, append: bool = False, **kw: Any) -> None:
         import pyogrio
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                warnings.simplefilter("ignore", UserWarning)  # e.g. "'crs' was not provided"
-                pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", **kw)
-        except Exception as exc:
-            raise LandslideError(f"cannot write {self.target}: {first_line(exc)}") from None
+        if not append:
+            kw["layer_options"] = {"DESCRIPTION": LAYER_DESCRIPTIONS.get(layer, layer)}
+        if not self._created:
+            kw["dataset_options"] = {"VERSION": GPKG_VERSION}
+        _quiet_write(self.target, lambda: pyogrio.write_dataframe(
+            frame, self.path, layer=layer, driver="GPKG", append=append, **kw))
+        self._created = True
 
     def _create_landslides(self) -> None:
         import pandas as pd
@@ -479,6 +509,80 @@ class GpkgWriter:
         import pandas as pd
 
         self._write(pd.DataFrame(rows), "runs")
+
+
+class VectorWriter:
+    """The vector outputs of one ``predict`` run, staged beside their targets.
+
+    Every file is written to a hidden temporary beside its target and renamed onto it by
+    :meth:`commit` (after :meth:`finish`), or removed by :meth:`cleanup`; the targets are never
+    partial. Subclasses are registered in :data:`VECTOR_FORMATS` under the output suffix.
+    """
+
+    suffix = ""
+
+    def __init__(self, target: Path, crs: Any) -> None:
+        self.target = Path(target)
+        self.crs = crs
+        self._finished = False
+
+    @classmethod
+    def targets(cls, target: Path) -> dict[str, Path]:
+        """Every file written for ``target``: ``{what: path}`` (the target itself first)."""
+        return {"output": Path(target)}
+
+    @property
+    def features(self) -> int:
+        """Landslide polygons written so far."""
+        return self._layers.features
+
+    @property
+    def gpkg(self) -> Path:
+        """A GeoPackage with the ``landslides`` layer written so far (quicklooks read it)."""
+        return self._layers.path
+
+    def append_landslides(self, rows: dict[str, Any], geoms: Any) -> None:
+        self._layers.append_landslides(rows, geoms)
+
+    def write_footprints(self, rows: dict[str, Any], geoms: Any) -> None:
+        self._layers.write_footprints(rows, geoms)
+
+    def write_runs(self, rows: list[dict[str, Any]]) -> None:
+        self._layers.write_runs(rows)
+
+    def write_style(self) -> None:
+        """A default QGIS style for the landslides."""
+
+    def finish(self) -> None:
+        """Complete every staged file (nothing is published yet); :meth:`commit` calls it."""
+        self._finished = True
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+
+VECTOR_FORMATS: Registry[type[VectorWriter]] = Registry("vector output format")
+
+
+@VECTOR_FORMATS.register(".gpkg", description="GeoPackage: layers landslides, footprints, "
+                                               "runs and a QGIS default style")
+class GpkgWriter(VectorWriter):
+    """Write the output GeoPackage to a temporary file beside ``target``; rename on commit."""
+
+    suffix = ".gpkg"
+
+    def __init__(self, target: Path, crs: Any) -> None:
+        super().__init__(target, crs)
+        self._staged = Staged(self.target, ".tmp.gpkg")
+        self.tmp = self._staged.tmp
+        try:
+            self._layers = _GpkgLayers(self.tmp, crs, self.target)
+        except BaseException:
+            self._staged.cleanup()
+            raise
 
     def write_style(self) -> None:
         """Add the ``layer_styles`` table QGIS reads, with a default style for landslides."""
@@ -513,7 +617,211 @@ class GpkgWriter:
             con.close()
 
     def commit(self) -> None:
+        self.finish()
         self._staged.commit()
 
     def cleanup(self) -> None:
         self._staged.cleanup()
+
+
+class _OneLayerWriter(VectorWriter):
+    """A format holding one layer per file: ``NAME.<suffix>`` gets the landslides, and beside
+    it ``NAME.footprints.<suffix>``, ``NAME.runs.json`` (the run metadata) and ``NAME.qml``
+    (the QGIS default style, which QGIS loads with ``NAME.<suffix>``).
+
+    While the run goes on, the layers are appended to a hidden staging GeoPackage (memory stays
+    bounded); :meth:`finish` streams them from there into the staged files in batches.
+    """
+
+    #: rows per batch when streaming the staging GeoPackage into the output
+    BATCH = 10_000
+
+    def __init__(self, target: Path, crs: Any) -> None:
+        super().__init__(target, crs)
+        paths = self.targets(self.target)
+        self._staged = {what: Staged(path, f".tmp{path.suffix}")
+                        for what, path in paths.items()}
+        self._stage = temp_path(self.target, ".stage.gpkg")
+        self._runs: list[dict[str, Any]] = []
+        self._styled = False
+        try:
+            self._layers = _GpkgLayers(self._stage, crs, self.target)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    @classmethod
+    def targets(cls, target: Path) -> dict[str, Path]:
+        target = Path(target)
+        stem = target.name[:-len(target.suffix)] if target.suffix else target.name
+        return {
+            "output": target,
+            "footprints": target.with_name(f"{stem}.footprints{target.suffix}"),
+            "runs": target.with_name(f"{stem}.runs.json"),
+            "style": target.with_name(f"{stem}.qml"),
+        }
+
+    def write_runs(self, rows: list[dict[str, Any]]) -> None:
+        self._runs = [dict(r) for r in rows]
+
+    def write_style(self) -> None:
+        self._styled = True
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        paths = self.targets(self.target)
+        self._export("landslides", self._staged["output"].tmp)
+        self._export("footprints", self._staged["footprints"].tmp)
+        doc = {
+            "format": "landslide-runs", "version": 1,
+            "landslides": paths["output"].name, "footprints": paths["footprints"].name,
+            "crs": _crs_arg(self.crs), "runs": self._runs,
+        }
+        try:
+            self._staged["runs"].tmp.write_text(
+                json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+            if self._styled:
+                self._staged["style"].tmp.write_text(QML_STYLE, encoding="utf-8")
+        except OSError as exc:
+            raise LandslideError(f"cannot write {self.target}: {first_line(exc)}") from None
+        self._finished = True
+
+    def _export(self, layer: str, dest: Path) -> None:
+        raise NotImplementedError
+
+    def _batches(self, layer: str) -> Any:
+        """``(meta, reader)``: the staging layer as a stream of Arrow record batches."""
+        import pyogrio
+
+        return pyogrio.open_arrow(self._stage, layer=layer, use_pyarrow=True,
+                                  batch_size=self.BATCH)
+
+    def commit(self) -> None:
+        self.finish()
+        # the side files first: once NAME.<suffix> is there, its companions are too
+        for what in ("footprints", "runs", "style", "output"):
+            staged = self._staged[what]
+            if what == "style" and not self._styled:
+                continue
+            staged.commit()
+        self._remove_stage()
+
+    def cleanup(self) -> None:
+        for staged in getattr(self, "_staged", {}).values():
+            staged.cleanup()
+        self._remove_stage()
+
+    def _remove_stage(self) -> None:
+        for side in ("", *Staged.SIDE_SUFFIXES):
+            with contextlib.suppress(OSError):
+                Path(str(self._stage) + side).unlink(missing_ok=True)
+
+
+@VECTOR_FORMATS.register(".fgb", description="FlatGeobuf (one layer; footprints, runs and "
+                                              "style beside it)")
+class FlatGeobufWriter(_OneLayerWriter):
+    """FlatGeobuf through pyogrio (GDAL), with a spatial index."""
+
+    suffix = ".fgb"
+
+    def _export(self, layer: str, dest: Path) -> None:
+        import pyogrio
+
+        def write() -> None:
+            with self._batches(layer) as (meta, reader):
+                pyogrio.write_arrow(reader, dest, layer=layer, driver="FlatGeobuf",
+                                    geometry_name=meta["geometry_name"],
+                                    geometry_type=meta["geometry_type"],
+                                    crs=_crs_arg(self.crs))
+
+        _quiet_write(self.target, write)
+
+
+@VECTOR_FORMATS.register(".parquet", description="GeoParquet 1.1 (one layer; footprints, runs "
+                                                  "and style beside it)")
+class GeoParquetWriter(_OneLayerWriter):
+    """GeoParquet 1.1 (WKB geometry column ``geometry``, zstd) through pyarrow, streamed in
+    batches; read it with ``geopandas.read_parquet``."""
+
+    suffix = ".parquet"
+
+    def _export(self, layer: str, dest: Path) -> None:
+        _quiet_write(self.target, lambda: self._write_parquet(layer, dest))
+
+    def _write_parquet(self, layer: str, dest: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with self._batches(layer) as (meta, reader):
+            geom_name = meta["geometry_name"]
+            fields = [pa.field("geometry", f.type) if f.name == geom_name
+                      else f.remove_metadata() for f in reader.schema]
+            schema = pa.schema(fields)
+            bounds = np.array([np.inf, np.inf, -np.inf, -np.inf])
+            types: set[str] = set()
+            with pq.ParquetWriter(dest, schema, compression="zstd") as out:
+                for batch in reader:
+                    wkb = batch.column(geom_name).to_numpy(zero_copy_only=False)
+                    geoms = shapely.from_wkb(wkb)
+                    if len(geoms):
+                        b = shapely.bounds(geoms)
+                        bounds = np.r_[np.minimum(bounds[:2], np.nanmin(b[:, :2], axis=0)),
+                                       np.maximum(bounds[2:], np.nanmax(b[:, 2:], axis=0))]
+                        types.update(shapely.get_type_id(geoms).tolist())
+                    out.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+                column: dict[str, Any] = {
+                    "encoding": "WKB",
+                    "geometry_types": sorted(_GEOM_TYPES[t] for t in types if t in _GEOM_TYPES),
+                    "crs": self._projjson(),
+                }
+                if np.isfinite(bounds).all():
+                    column["bbox"] = [float(v) for v in bounds]
+                geo = {"version": "1.1.0", "primary_column": "geometry",
+                       "columns": {"geometry": column}}
+                out.add_key_value_metadata({"geo": json.dumps(geo)})
+
+    def _projjson(self) -> dict[str, Any] | None:
+        """The CRS as PROJJSON (GeoParquet's encoding); ``None``: unknown (no CRS)."""
+        if self.crs is None:
+            return None
+        from pyproj import CRS as ProjCRS
+
+        return ProjCRS.from_user_input(self.crs.to_wkt()).to_json_dict()
+
+
+#: shapely geometry type ids -> GeoParquet ``geometry_types`` names
+_GEOM_TYPES = {3: "Polygon", 6: "MultiPolygon"}
+
+
+def vector_suffixes() -> tuple[str, ...]:
+    """The output suffixes ``predict --out`` accepts (``.gpkg``, ``.fgb``, ``.parquet``)."""
+    return tuple(VECTOR_FORMATS.names())
+
+
+def vector_writer_class(target: str | Path) -> type[VectorWriter]:
+    """The writer registered for ``target``'s suffix (case-insensitive)."""
+    suffix = Path(target).suffix.lower()
+    if suffix not in VECTOR_FORMATS:
+        raise LandslideError(f"output {target}: expected a "
+                             f"{' or '.join(vector_suffixes())} file name")
+    return VECTOR_FORMATS.get(suffix)
+
+
+def check_vector_targets(target: str | Path, *, overwrite: bool,
+                         inputs: Any = ()) -> list[tuple[str, Path]]:
+    """Check every file the writer for ``target`` publishes (see
+    :func:`~landslide_cli.safety.check_target`); return ``[(what, path), ...]``."""
+    cls = vector_writer_class(target)
+    checked = []
+    for what, path in cls.targets(Path(target)).items():
+        label = "output" if what == "output" else f"{Path(target).name}'s {what} file"
+        checked.append((label, check_target(path, overwrite=overwrite, what=label,
+                                            inputs=inputs)))
+    check_distinct(checked)
+    return checked
+
+
+def open_vector_writer(target: str | Path, crs: Any) -> VectorWriter:
+    """A staged writer for ``target``, chosen by its suffix from :data:`VECTOR_FORMATS`."""
+    return vector_writer_class(target)(Path(target), crs)

@@ -16,10 +16,20 @@ DEFAULT_MODEL = "landslide-pvtb0-dcf-v1"
 
 
 def models_dir() -> Path:
-    """Folder of shipped models: inside the wheel, or ``models/`` of a source checkout."""
-    here = Path(__file__).resolve().parent.parent
-    installed = here / "_models"
-    return installed if installed.is_dir() else here.parent / "models"
+    """Folder of shipped models: ``landslide_cli/_models`` inside the wheel, or ``models/`` of
+    the source checkout the package is imported from (an editable install or ``PYTHONPATH``).
+
+    An installed package never looks outside itself: the checkout's folder is used only when
+    the package's parent folder is a source tree (it has the project's ``pyproject.toml``).
+    """
+    package = Path(__file__).resolve().parents[1]
+    bundled = package / "_models"
+    if bundled.is_dir():
+        return bundled
+    checkout = package.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models").is_dir():
+        return checkout / "models"
+    return bundled  # absent: no shipped models in this installation
 
 
 def shipped_models() -> dict[str, Path]:
