@@ -264,7 +264,8 @@ def export_onnx(
             (channels-last reshapes around PVTv2 convolutions, two-class sigmoid head); the
             parity check compares against the unmodified model.
         parity_data: a folder of image tiles (searched recursively) or one image for the real
-            input parity check; default: ``../shared/data/landslides`` when present.
+            input parity check; default: ``$LANDSLIDE_SHARED/data/landslides`` when that
+            variable is set, else none (the real-tile check is skipped).
         reporter: receives short status lines (``info``); ``None`` says nothing.
 
     Raises:
@@ -550,17 +551,19 @@ def _max_diff(module: nn.Module, session: Any, batch: np.ndarray, device: torch.
     return float(np.max(np.abs(got - reference)))
 
 
-def default_parity_data() -> Path:
-    """``$LANDSLIDE_SHARED/data/landslides`` or ``../shared/data/landslides`` of the checkout."""
+def default_parity_data() -> Path | None:
+    """``$LANDSLIDE_SHARED/data/landslides`` when that variable is set, else ``None``: the
+    package never looks for data outside itself (e.g. beside a source checkout)."""
     shared = os.environ.get("LANDSLIDE_SHARED")
-    root = Path(shared) if shared else Path(__file__).resolve().parents[2] / "shared"
-    return root / "data" / "landslides"
+    return Path(shared) / "data" / "landslides" if shared else None
 
 
 def _real_tiles(spec: InputSpec, parity_data: str | Path | None
                 ) -> tuple[np.ndarray | None, list[str], str]:
     """Up to :data:`PARITY_REAL` real tiles (one per sub-folder), normalized per ``spec``."""
     root = Path(parity_data).expanduser() if parity_data else default_parity_data()
+    if root is None:
+        return None, [], "no real tiles given (--parity-data, or set LANDSLIDE_SHARED)"
     if not root.exists():
         if parity_data:
             raise LandslideError(f"parity data not found: {root}")

@@ -35,7 +35,7 @@ def command(
     parity_data: Path | None = typer.Option(
         None, "--parity-data", show_default=False,
         help="Image or folder of real tiles for the parity check (default: "
-             "../shared/data/landslides when present)."),
+             "$LANDSLIDE_SHARED/data/landslides when that variable is set, else none)."),
     optimize: bool = typer.Option(
         True, "--optimize/--no-optimize",
         help="Export-time rewrites with the same math that ONNX Runtime runs faster "

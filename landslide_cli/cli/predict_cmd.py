@@ -17,8 +17,9 @@ MIN_TILE = 16
 def command(
     scenes: list[Path] = typer.Argument(..., help="GeoTIFF scene(s); several go into one file.",
                                         show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output GeoPackage (.gpkg).",
-                             show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", show_default=False,
+                             help="Output: GeoPackage (.gpkg), FlatGeobuf (.fgb) or GeoParquet "
+                                  "(.parquet; footprints and runs go beside the last two)."),
     model: str | None = options.model(),
     backend: str = options.backend(),
     device: str = options.device(),

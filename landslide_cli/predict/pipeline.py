@@ -41,11 +41,13 @@ from landslide_cli.predict.raster import (
 )
 from landslide_cli.predict.vectors import (
     FootprintBuilder,
-    GpkgWriter,
     PolygonBatch,
     Polygonizer,
     Reprojector,
     SceneGeo,
+    VectorWriter,
+    check_vector_targets,
+    open_vector_writer,
 )
 from landslide_cli.predict.windows import GridLayout, Stitcher
 from landslide_cli.preprocess import InputSpec
@@ -294,7 +296,9 @@ def predict_scenes(
     Args:
         scenes: one path or several; several scenes go into the same GeoPackage, tagged by
             their file name, reprojected to the first scene's CRS (or ``crs``).
-        out: the ``.gpkg`` to write (atomically; refused if it exists unless ``overwrite``).
+        out: the ``.gpkg``, ``.fgb`` or ``.parquet`` to write (the writer is chosen by the
+            suffix, see :data:`~landslide_cli.predict.vectors.VECTOR_FORMATS`; atomically;
+            refused if it exists unless ``overwrite``).
         model: checkpoint path, ONNX file, shipped model name, ``None`` for the default model,
             or an already-open :class:`~landslide_cli.backends.Backend`.
         backend, device: passed to :func:`~landslide_cli.backends.open_backend`.
@@ -339,8 +343,7 @@ def predict_scenes(
         raise LandslideError(f"--prob-dtype {prob_dtype!r}: use {' or '.join(PROB_DTYPES)}")
     band_list = parse_bands(bands)
 
-    check_target(out, overwrite=overwrite, what="output", suffixes=(".gpkg",),
-                 inputs=scene_paths)
+    vector_targets = check_vector_targets(out, overwrite=overwrite, inputs=scene_paths)
     infos = [open_scene(p) for p in scene_paths]
     prob_targets = _prob_targets(prob_out, infos)
     for target in prob_targets:
@@ -352,7 +355,7 @@ def predict_scenes(
         if target is not None:
             check_target(target, overwrite=overwrite, what="--quicklook", suffixes=(".png",),
                          inputs=scene_paths)
-    check_distinct([("output", out), *(("--prob-out", t) for t in prob_targets),
+    check_distinct([*vector_targets, *(("--prob-out", t) for t in prob_targets),
                     *(("--quicklook", t) for t in look_targets)])
     out_crs = _resolve_crs(crs)
 
@@ -398,7 +401,7 @@ def predict_scenes(
 
     labels = _scene_labels(infos)
     total_windows = sum(len(GridLayout(i.height, i.width, tile, overlap)) for i in infos)
-    writer = GpkgWriter(out, out_crs)
+    writer = open_vector_writer(out, out_crs)
     prob_writers: list[ProbWriter] = []
     looks = [Staged(t, ".tmp.png") for t in look_targets if t is not None]
     bar = rep.progress(total_windows, "predict")
@@ -415,7 +418,10 @@ def predict_scenes(
                 bar.describe(label)
                 scene_started = datetime.now(UTC)
                 t0 = time.perf_counter()
-                pw = ProbWriter(target, info, prob_dtype) if target is not None else None
+                pw = ProbWriter(target, info, prob_dtype, model=be.model_name,
+                                tags={"model_sha256": be.model_sha256, "threshold": thr,
+                                      "landslide_version": __version__}
+                                ) if target is not None else None
                 if pw is not None:
                     prob_writers.append(pw)
                 summary, footprint = _predict_scene(
@@ -447,7 +453,7 @@ def predict_scenes(
             writer.write_runs(run_rows)
             writer.write_style()
         bar.close()
-        _draw_quicklooks(looks, infos, writer.tmp)
+        _draw_quicklooks(looks, infos, writer.gpkg)
         writer.commit()
         for pw in prob_writers:
             pw.commit()
@@ -493,7 +499,7 @@ def _draw_quicklooks(looks: Sequence[Staged], infos: Sequence[SceneInfo], gpkg: 
 
 
 def _predict_scene(info: SceneInfo, label: str, indexes: list[int], be: Backend,
-                   writer: GpkgWriter, pw: ProbWriter | None, *, tile: int, overlap: float,
+                   writer: VectorWriter, pw: ProbWriter | None, *, tile: int, overlap: float,
                    batch_size: int, threshold: float, min_area: float, simplify: float,
                    out_crs: Any, bar: ProgressHandle, forward: list[float],
                    next_id: list[int]) -> tuple[SceneSummary, tuple[Any, float]]:
