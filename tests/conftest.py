@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,14 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
     def run(*args: str | os.PathLike[str]) -> CliResult:
         capsys.readouterr()
-        code = main([str(a) for a in args])
+        logger = logging.getLogger("landslide")
+        saved = logger.handlers[:], logger.level, logger.propagate
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            # the CLI installs its Rich handler on the "landslide" logger: later tests that
+            # log (or capture stderr) must not see it
+            logger.handlers[:], logger.level, logger.propagate = saved
         captured = capsys.readouterr()
         common.state.verbose, common.state.quiet = 0, False
         return CliResult(code, captured.out, captured.err)

@@ -114,18 +114,157 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# ---------------------------------------------------------------------------- validation
+# ---------------------------------------------------------------------------- options
+
+#: the smallest window predict runs
+MIN_TILE = 16
 
 
-def _scene_inputs(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The scene paths, refusing one scene given twice (it would duplicate every polygon)."""
+@dataclass(frozen=True)
+class PredictOptions:
+    """How ``predict`` windows, thresholds, filters and writes; checked by :meth:`validate`.
+
+    Attributes:
+        tile: window size (default: the backend's fixed tile or the model's ``InputSpec.tile``).
+        overlap: fraction of the tile shared by neighbouring windows, in ``[0, 0.9]``.
+        batch_size: windows per forward pass.
+        bands: 1-based bands to read (``"1,2,3"`` or a list); default from the model.
+        threshold: probability at or above which a pixel is a landslide (default: the model's).
+        min_area: drop polygons smaller than this many square metres.
+        simplify: simplification tolerance in metres (topology preserving), 0 = exact pixels.
+        prob_out: also write the probability map as a COG (a folder or a ``{scene}`` pattern
+            when there are several scenes).
+        prob_dtype: ``"uint8"`` (``round(p*254)``, nodata 255) or ``"float32"`` (nodata NaN).
+        crs: output CRS for the vector output (anything rasterio's ``CRS.from_user_input``
+            reads; default: the first scene's).
+        quicklook: also write a PNG of each scene with its polygons drawn over it (several
+            scenes: ``<stem>_<scene stem>.png``); published together with the vector output.
+        overwrite: replace existing outputs (never an input of the run).
+    """
+
+    tile: int | None = None
+    overlap: float = 0.25
+    batch_size: int = 4
+    bands: str | Sequence[int] | None = None
+    threshold: float | None = None
+    min_area: float = 0.0
+    simplify: float = 0.0
+    prob_out: str | os.PathLike[str] | None = None
+    prob_dtype: str = "uint8"
+    crs: Any = None
+    quicklook: str | os.PathLike[str] | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        """Raise a one-line :class:`LandslideError` for the first value out of range."""
+        if self.tile is not None and int(self.tile) < MIN_TILE:
+            raise LandslideError(f"--tile {self.tile}: must be at least {MIN_TILE}")
+        if not 0.0 <= self.overlap <= 0.9:
+            raise LandslideError(f"--overlap {self.overlap}: must be between 0 and 0.9")
+        if self.batch_size < 1:
+            raise LandslideError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise LandslideError(f"--threshold {self.threshold}: must be between 0 and 1")
+        if self.min_area < 0 or self.simplify < 0:
+            raise LandslideError("--min-area and --simplify must not be negative")
+        if self.prob_dtype not in PROB_DTYPES:
+            raise LandslideError(
+                f"--prob-dtype {self.prob_dtype!r}: use {' or '.join(PROB_DTYPES)}")
+        self.band_list()
+
+    def band_list(self) -> list[int] | None:
+        """:attr:`bands` parsed (``None``: the model's bands)."""
+        return parse_bands(self.bands)
+
+
+def _chosen_options(options: PredictOptions | None, keywords: PredictOptions) -> PredictOptions:
+    """``options`` when given (then the option keywords must keep their defaults), else the
+    options built from the keywords (validated later, by :func:`plan_predict`)."""
+    if options is None:
+        options = keywords
+    elif keywords != PredictOptions():
+        raise TypeError("predict_scenes: pass the options either as options= or as keywords, "
+                        "not both")
+    return options
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+@dataclass
+class PlannedScene:
+    """One input scene of a run and what is read from and written for it."""
+
+    info: SceneInfo
+    label: str  # the ``scene`` column: the file name, or the path where names repeat
+    bands: list[int]  # 1-based band indexes read
+    prob_target: Path | None
+    look_target: Path | None
+
+
+@dataclass
+class PredictPlan:
+    """Everything decided before any output is written: targets checked, scenes opened,
+    backend resolved, window size, threshold and output CRS chosen."""
+
+    out: Path
+    options: PredictOptions
+    scenes: list[PlannedScene]
+    backend: Backend
+    tile: int
+    threshold: float
+    crs: Any
+    warnings: list[str]
+
+    def total_windows(self) -> int:
+        return sum(len(self.layout(s.info)) for s in self.scenes)
+
+    def layout(self, info: SceneInfo) -> GridLayout:
+        return GridLayout(info.height, info.width, self.tile, self.options.overlap)
+
+
+def plan_predict(scenes: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                 out: str | os.PathLike[str], options: PredictOptions, *, model: Any,
+                 backend: str, device: str) -> PredictPlan:
+    """Check every input and output and open the backend; raise before anything is written."""
+    paths = _scene_paths(scenes)
+    options.validate()
+    band_list = options.band_list()
+    vector_targets = check_vector_targets(out, overwrite=options.overwrite, inputs=paths)
+    infos = [open_scene(p) for p in paths]
+    prob_targets = _check_targets(_prob_targets(options.prob_out, infos), options, paths,
+                                  what="--prob-out", suffixes=(".tif", ".tiff"))
+    look_targets = _check_targets(_quicklook_targets(options.quicklook, paths), options,
+                                  paths, what="--quicklook", suffixes=(".png",))
+    check_distinct([*vector_targets, *(("--prob-out", t) for t in prob_targets),
+                    *(("--quicklook", t) for t in look_targets)])
+    requested_crs = _resolve_crs(options.crs)
+    _check_scenes_against_header(model, infos, band_list)
+    be = _resolve_backend(model, backend, device)
+    tile = _window_size(be, options.tile)
+    threshold = float(be.threshold if options.threshold is None else options.threshold)
+    bands = [_scene_bands(info, be.spec, band_list) for info in infos]
+    out_crs, warnings = _output_crs(infos, requested_crs)
+    planned = [PlannedScene(*row) for row in zip(infos, _scene_labels(infos), bands,
+                                                  prob_targets, look_targets, strict=True)]
+    return PredictPlan(out=Path(out), options=options, scenes=planned, backend=be, tile=tile,
+                       threshold=threshold, crs=out_crs, warnings=warnings)
+
+
+def _scene_paths(scenes: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+                 ) -> list[Path]:
+    """The scene paths (one or several), refusing none and one scene given twice (it would
+    duplicate every polygon)."""
+    given = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
     out: list[Path] = []
-    for p in map(Path, paths):
+    for p in map(Path, given):
         for q in out:
             if same_file(p, q):
                 raise LandslideError(
                     f"scene {p} is given twice (as {q}): every polygon would be counted twice")
         out.append(p)
+    if not out:
+        raise LandslideError("no scene given")
     return out
 
 
@@ -159,12 +298,28 @@ def _prob_targets(prob_out: str | os.PathLike[str] | None,
     return targets
 
 
-def _resolve_backend(model: Any, backend: str, device: str) -> Backend:
-    if model is not None and not isinstance(model, (str, os.PathLike)):
-        if not all(hasattr(model, a) for a in ("predict", "spec", "threshold")):
-            raise LandslideError("model must be a path, a model name or an open Backend")
-        return model  # an already-open Backend (or a stand-in implementing the protocol)
-    return open_backend(model, backend=backend, device=device)
+def _check_targets(targets: list[Path | None], options: PredictOptions, inputs: list[Path], *,
+                   what: str, suffixes: tuple[str, ...]) -> list[Path | None]:
+    """``targets`` after :func:`~landslide_cli.safety.check_target` accepted each one."""
+    for target in targets:
+        if target is not None:
+            check_target(target, overwrite=options.overwrite, what=what, suffixes=suffixes,
+                         inputs=inputs)
+    return targets
+
+
+def _resolve_crs(crs: Any) -> Any:
+    if crs is None:
+        return None
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    if isinstance(crs, CRS):
+        return crs
+    try:
+        return CRS.from_user_input(crs)
+    except CRSError:
+        raise LandslideError(f"--crs {crs!r}: not a CRS (use e.g. EPSG:4326)") from None
 
 
 def _peek_spec(model: Any) -> InputSpec | None:
@@ -184,18 +339,58 @@ def _peek_spec(model: Any) -> InputSpec | None:
         return None  # opening the backend reports it properly
 
 
-def _resolve_crs(crs: Any) -> Any:
-    if crs is None:
-        return None
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
+def _check_scenes_against_header(model: Any, infos: Sequence[SceneInfo],
+                                 band_list: list[int] | None) -> None:
+    """Refuse scenes whose bands or data type do not fit the model, from the checkpoint
+    header alone (before a model is built), when the header can be read."""
+    peeked = _peek_spec(model)
+    if peeked is not None:
+        for info in infos:
+            check_dtype(info, peeked, select_bands(info, peeked, band_list))
 
-    if isinstance(crs, CRS):
-        return crs
-    try:
-        return CRS.from_user_input(crs)
-    except CRSError:
-        raise LandslideError(f"--crs {crs!r}: not a CRS (use e.g. EPSG:4326)") from None
+
+def _resolve_backend(model: Any, backend: str, device: str) -> Backend:
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        if not all(hasattr(model, a) for a in ("predict", "spec", "threshold")):
+            raise LandslideError("model must be a path, a model name or an open Backend")
+        return model  # an already-open Backend (or a stand-in implementing the protocol)
+    return open_backend(model, backend=backend, device=device)
+
+
+def _window_size(be: Backend, tile: int | None) -> int:
+    """The window size: the backend's fixed tile (``tile`` must match it), else ``tile``, else
+    the model's ``InputSpec.tile``."""
+    fixed = getattr(be, "fixed_tile", None)
+    if fixed and tile and int(tile) != int(fixed):
+        raise LandslideError(f"--tile {tile}: this model only runs on {fixed}x{fixed} tiles")
+    size = int(fixed or tile or be.spec.tile)
+    if size < MIN_TILE:
+        raise LandslideError(f"--tile {size}: must be at least {MIN_TILE}")
+    return size
+
+
+def _scene_bands(info: SceneInfo, spec: InputSpec, band_list: list[int] | None) -> list[int]:
+    """The bands read from ``info`` for a model with input ``spec``, data type checked."""
+    chosen = select_bands(info, spec, band_list)
+    check_dtype(info, spec, chosen)
+    return chosen
+
+
+def _output_crs(infos: Sequence[SceneInfo], requested: Any) -> tuple[Any, list[str]]:
+    """The CRS of the vector output (``requested``, else the first scene's) and the warnings
+    for scenes without a CRS; a scene without one cannot join an output that has one."""
+    georef = [i for i in infos if i.crs is not None]
+    out_crs = georef[0].crs if requested is None and georef else requested
+    warnings = []
+    for info in infos:
+        if info.crs is None:
+            if out_crs is not None:
+                raise DataError(
+                    f"{info.path} has no CRS, so it cannot go into a GeoPackage in "
+                    f"{_crs_text(out_crs)}; predict it on its own")
+            warnings.append(f"{info.path} has no CRS: polygons are in its pixel/geotransform "
+                            "coordinates and areas in those units squared")
+    return out_crs, warnings
 
 
 def _crs_text(crs: Any) -> str | None:
@@ -205,9 +400,9 @@ def _crs_text(crs: Any) -> str | None:
     return f"EPSG:{code}" if code else crs.to_wkt()
 
 
-def _scene_labels(scenes: Sequence[SceneInfo]) -> list[str]:
-    names = [s.path.name for s in scenes]
-    return [str(s.path) if names.count(s.path.name) > 1 else s.path.name for s in scenes]
+def _scene_labels(infos: Sequence[SceneInfo]) -> list[str]:
+    names = [s.path.name for s in infos]
+    return [str(s.path) if names.count(s.path.name) > 1 else s.path.name for s in infos]
 
 
 class _Worker:
@@ -267,6 +462,7 @@ class _Worker:
         self._raise()
 
 
+
 # ---------------------------------------------------------------------------- main entry
 
 
@@ -290,11 +486,12 @@ def predict_scenes(
     quicklook: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     reporter: Reporter | None = None,
+    options: PredictOptions | None = None,
 ) -> PredictSummary:
-    """Map landslides in GeoTIFF ``scenes`` and write them to the GeoPackage ``out``.
+    """Map landslides in GeoTIFF ``scenes`` and write them to the vector file ``out``.
 
     Args:
-        scenes: one path or several; several scenes go into the same GeoPackage, tagged by
+        scenes: one path or several; several scenes go into the same output, tagged by
             their file name, reprojected to the first scene's CRS (or ``crs``).
         out: the ``.gpkg``, ``.fgb`` or ``.parquet`` to write (the writer is chosen by the
             suffix, see :data:`~landslide_cli.predict.vectors.VECTOR_FORMATS`; atomically;
@@ -302,187 +499,74 @@ def predict_scenes(
         model: checkpoint path, ONNX file, shipped model name, ``None`` for the default model,
             or an already-open :class:`~landslide_cli.backends.Backend`.
         backend, device: passed to :func:`~landslide_cli.backends.open_backend`.
-        tile: window size (default: the backend's fixed tile or the model's ``InputSpec.tile``).
-        overlap: fraction of the tile shared by neighbouring windows, in ``[0, 0.9]``.
-        batch_size: windows per forward pass.
-        bands: 1-based bands to read (``"1,2,3"`` or a list); default from the model.
-        threshold: probability at or above which a pixel is a landslide (default: the model's).
-        min_area: drop polygons smaller than this many square metres.
-        simplify: simplification tolerance in metres (topology preserving), 0 = exact pixels.
-        prob_out: also write the probability map as a COG (a folder or a ``{scene}`` pattern
-            when there are several scenes).
-        prob_dtype: ``"uint8"`` (``round(p*254)``, nodata 255) or ``"float32"`` (nodata NaN).
-        crs: output CRS for the GeoPackage (anything rasterio's ``CRS.from_user_input`` reads).
-        quicklook: also write a PNG of each scene with its polygons drawn over it (several
-            scenes: ``<stem>_<scene stem>.png``); published together with the GeoPackage.
-        overwrite: replace existing outputs (never an input of the run).
+        tile, overlap, batch_size, bands, threshold, min_area, simplify, prob_out, prob_dtype,
+            crs, quicklook, overwrite: the run's options, see :class:`PredictOptions`.
         reporter: where warnings and the progress (in windows) go; ``None`` says nothing
             (the CLI passes its Rich reporter).
+        options: all the options at once, instead of the option keywords (then those must
+            keep their defaults).
 
     Raises:
         LandslideError: (or a subclass) for any problem with inputs, model or outputs; every
             output is checked before work starts, and on failure none is written or changed.
     """
-    t_start = time.perf_counter()
-    scene_paths = _scene_inputs(
-        [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes))
-    if not scene_paths:
-        raise LandslideError("no scene given")
-    if tile is not None and int(tile) < 16:
-        raise LandslideError(f"--tile {tile}: must be at least 16")
-    out = Path(out)
-    if not 0.0 <= overlap <= 0.9:
-        raise LandslideError(f"--overlap {overlap}: must be between 0 and 0.9")
-    if batch_size < 1:
-        raise LandslideError(f"--batch-size {batch_size}: must be at least 1")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise LandslideError(f"--threshold {threshold}: must be between 0 and 1")
-    if min_area < 0 or simplify < 0:
-        raise LandslideError("--min-area and --simplify must not be negative")
-    if prob_dtype not in PROB_DTYPES:
-        raise LandslideError(f"--prob-dtype {prob_dtype!r}: use {' or '.join(PROB_DTYPES)}")
-    band_list = parse_bands(bands)
-
-    vector_targets = check_vector_targets(out, overwrite=overwrite, inputs=scene_paths)
-    infos = [open_scene(p) for p in scene_paths]
-    prob_targets = _prob_targets(prob_out, infos)
-    for target in prob_targets:
-        if target is not None:
-            check_target(target, overwrite=overwrite, what="--prob-out",
-                         suffixes=(".tif", ".tiff"), inputs=scene_paths)
-    look_targets = _quicklook_targets(quicklook, scene_paths)
-    for target in look_targets:
-        if target is not None:
-            check_target(target, overwrite=overwrite, what="--quicklook", suffixes=(".png",),
-                         inputs=scene_paths)
-    check_distinct([*vector_targets, *(("--prob-out", t) for t in prob_targets),
-                    *(("--quicklook", t) for t in look_targets)])
-    out_crs = _resolve_crs(crs)
-
-    peeked = _peek_spec(model)
-    if peeked is not None:
-        for info in infos:
-            check_dtype(info, peeked, select_bands(info, peeked, band_list))
-
-    be = _resolve_backend(model, backend, device)
-    spec = be.spec
-    fixed = getattr(be, "fixed_tile", None)
-    if fixed and tile and int(tile) != int(fixed):
-        raise LandslideError(f"--tile {tile}: this model only runs on {fixed}x{fixed} tiles")
-    tile = int(fixed or tile or spec.tile)
-    if tile < 16:
-        raise LandslideError(f"--tile {tile}: must be at least 16")
-    thr = float(be.threshold if threshold is None else threshold)
-
-    indexes = []
-    for info in infos:
-        chosen = select_bands(info, spec, band_list)
-        check_dtype(info, spec, chosen)
-        indexes.append(chosen)
-
+    started = time.perf_counter()
+    options = _chosen_options(options, PredictOptions(
+        tile=tile, overlap=overlap, batch_size=batch_size, bands=bands, threshold=threshold,
+        min_area=min_area, simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype,
+        crs=crs, quicklook=quicklook, overwrite=overwrite))
+    plan = plan_predict(scenes, out, options, model=model, backend=backend, device=device)
     rep = as_reporter(reporter)
-    notes: list[str] = []
+    for message in plan.warnings:
+        rep.warn(message)
+    run = PredictRun(plan, rep)
+    run.execute()
+    return run.summary(time.perf_counter() - started)
 
-    def note(msg: str) -> None:
-        notes.append(msg)
-        rep.warn(msg)
 
-    georef = [i for i in infos if i.crs is not None]
-    if out_crs is None and georef:
-        out_crs = georef[0].crs
-    for info in infos:
-        if info.crs is None:
-            if out_crs is not None:
-                raise DataError(
-                    f"{info.path} has no CRS, so it cannot go into a GeoPackage in "
-                    f"{_crs_text(out_crs)}; predict it on its own")
-            note(f"{info.path} has no CRS: polygons are in its pixel/geotransform coordinates "
-                 "and areas in those units squared")
+# ---------------------------------------------------------------------------- the run
 
-    labels = _scene_labels(infos)
-    total_windows = sum(len(GridLayout(i.height, i.width, tile, overlap)) for i in infos)
-    writer = open_vector_writer(out, out_crs)
-    prob_writers: list[ProbWriter] = []
-    looks = [Staged(t, ".tmp.png") for t in look_targets if t is not None]
-    bar = rep.progress(total_windows, "predict")
-    summaries: list[SceneSummary] = []
-    footprint_rows: dict[str, list[Any]] = {"scene": [], "valid_pixels": [], "area_m2": []}
-    footprint_geoms: list[Any] = []
-    run_rows: list[dict[str, Any]] = []
-    forward = [0.0]
-    next_id = [1]
-    try:
-        with gdal_env():
-            for info, label, idx, target in zip(infos, labels, indexes, prob_targets,
-                                                strict=True):
-                bar.describe(label)
-                scene_started = datetime.now(UTC)
-                t0 = time.perf_counter()
-                pw = ProbWriter(target, info, prob_dtype, model=be.model_name,
-                                tags={"model_sha256": be.model_sha256, "threshold": thr,
-                                      "landslide_version": __version__}
-                                ) if target is not None else None
-                if pw is not None:
-                    prob_writers.append(pw)
-                summary, footprint = _predict_scene(
-                    info, label, idx, be, writer, pw, tile=tile, overlap=overlap,
-                    batch_size=batch_size, threshold=thr, min_area=min_area,
-                    simplify=simplify, out_crs=out_crs, bar=bar, forward=forward,
-                    next_id=next_id)
-                if pw is not None:
-                    pw.finish()
-                    summary.prob_out = str(target)
-                summary.seconds = time.perf_counter() - t0
-                summaries.append(summary)
-                footprint_rows["scene"].append(label)
-                footprint_rows["valid_pixels"].append(summary.valid_pixels)
-                footprint_rows["area_m2"].append(footprint[1])
-                footprint_geoms.append(footprint[0])
-                run_rows.append({
-                    "scene": label, "path": str(info.path),
-                    "model": be.model_name, "model_sha256": be.model_sha256,
-                    "threshold": thr, "tile": tile, "overlap": float(overlap),
-                    "batch_size": int(batch_size), "bands": ",".join(map(str, idx)),
-                    "version": __version__, "started": scene_started.isoformat(timespec="seconds"),
-                    "duration_s": round(summary.seconds, 3), "backend": be.name,
-                    "device": str(be.device), "crs": _crs_text(out_crs),
-                    "tiles": summary.tiles, "polygons": summary.polygons,
-                    "min_area_m2": float(min_area), "simplify_m": float(simplify),
-                })
-            writer.write_footprints(footprint_rows, footprint_geoms)
-            writer.write_runs(run_rows)
-            writer.write_style()
-        bar.close()
-        _draw_quicklooks(looks, infos, writer.gpkg)
-        writer.commit()
-        for pw in prob_writers:
+
+class StagedOutputs:
+    """Every file a run publishes, staged beside its target: the vector output, the
+    probability COGs and the quicklooks; published together by :meth:`publish`."""
+
+    def __init__(self, plan: PredictPlan) -> None:
+        self.plan = plan
+        self.writer = open_vector_writer(plan.out, plan.crs)
+        self.prob_writers: list[ProbWriter] = []
+        self.looks = [Staged(s.look_target, ".tmp.png") for s in plan.scenes
+                      if s.look_target is not None]
+
+    def open_prob_writer(self, scene: PlannedScene) -> ProbWriter | None:
+        """The probability COG writer for ``scene`` (``None`` without ``--prob-out``)."""
+        if scene.prob_target is None:
+            return None
+        be = self.plan.backend
+        pw = ProbWriter(scene.prob_target, scene.info, self.plan.options.prob_dtype,
+                        model=be.model_name,
+                        tags={"model_sha256": be.model_sha256, "threshold": self.plan.threshold,
+                              "landslide_version": __version__})
+        self.prob_writers.append(pw)
+        return pw
+
+    def publish(self) -> None:
+        """Draw the quicklooks from the finished vector output, then rename every file onto
+        its target."""
+        _draw_quicklooks(self.looks, [s.info for s in self.plan.scenes], self.writer.gpkg)
+        self.writer.commit()
+        for pw in self.prob_writers:
             pw.commit()
-        for look in looks:
+        for look in self.looks:
             look.commit()
-    except BaseException:
-        bar.close()
-        writer.cleanup()
-        for pw in prob_writers:
-            pw.cleanup()
-        for look in looks:
-            look.cleanup()
-        raise
-    finally:
-        bar.close()
 
-    return PredictSummary(
-        out=str(out), scenes=summaries,
-        tiles=sum(s.tiles for s in summaries),
-        tiles_skipped=sum(s.tiles_skipped for s in summaries),
-        polygons=sum(s.polygons for s in summaries),
-        landslide_area_m2=float(sum(s.landslide_area_m2 for s in summaries)),
-        seconds=time.perf_counter() - t_start, forward_seconds=forward[0],
-        peak_rss_mb=peak_rss_mb(), device=str(be.device), backend=be.name,
-        model=be.model_name, model_sha256=be.model_sha256, threshold=thr, tile=tile,
-        overlap=float(overlap), batch_size=int(batch_size), crs=_crs_text(out_crs),
-        prob_out=[str(t) for t in prob_targets if t is not None],
-        quicklooks=[str(look.target) for look in looks], warnings=notes,
-    )
+    def cleanup(self) -> None:
+        """Remove every staged file; no target is touched."""
+        self.writer.cleanup()
+        for pw in self.prob_writers:
+            pw.cleanup()
+        for look in self.looks:
+            look.cleanup()
 
 
 def _draw_quicklooks(looks: Sequence[Staged], infos: Sequence[SceneInfo], gpkg: Path) -> None:
@@ -498,95 +582,219 @@ def _draw_quicklooks(looks: Sequence[Staged], infos: Sequence[SceneInfo], gpkg: 
             raise LandslideError(f"cannot write {look.target}: {first_line(exc)}") from None
 
 
-def _predict_scene(info: SceneInfo, label: str, indexes: list[int], be: Backend,
-                   writer: VectorWriter, pw: ProbWriter | None, *, tile: int, overlap: float,
-                   batch_size: int, threshold: float, min_area: float, simplify: float,
-                   out_crs: Any, bar: ProgressHandle, forward: list[float],
-                   next_id: list[int]) -> tuple[SceneSummary, tuple[Any, float]]:
-    layout = GridLayout(info.height, info.width, tile, overlap)
-    stitcher = Stitcher(layout)
-    geo = SceneGeo(info.crs, info.transform, info.width, info.height)
-    reproject = Reprojector(info.crs, out_crs)
-    summary = SceneSummary(scene=label, path=str(info.path), width=info.width,
-                           height=info.height, crs=_crs_text(info.crs), bands=list(indexes))
-    tol_px = simplify / geo.pixel_size_m if simplify > 0 and geo.pixel_size_m > 0 else 0.0
-    buffered: list[dict[str, Any]] = []
-    pending = [0]
+class PredictRun:
+    """One planned run: each scene through a :class:`SceneRun`, then the ``footprints`` and
+    ``runs`` tables and the style, then every output published (or every one removed)."""
 
-    def flush() -> None:
-        if not buffered:
-            return
-        n = pending[0]
-        ids = np.arange(next_id[0], next_id[0] + n, dtype=np.int64)
-        next_id[0] += n
-        rows = {
-            "id": ids, "scene": [label] * n,
-            **{k: np.concatenate([b[k] for b in buffered])
-               for k in ("area_m2", "perimeter_m", "mean_prob", "max_prob")},
+    def __init__(self, plan: PredictPlan, reporter: Reporter) -> None:
+        self.plan = plan
+        total = plan.total_windows()
+        self.outputs = StagedOutputs(plan)
+        self.bar = reporter.progress(total, "predict")
+        self.scenes: list[SceneSummary] = []
+        self.footprint_rows: dict[str, list[Any]] = {"scene": [], "valid_pixels": [],
+                                                     "area_m2": []}
+        self.footprint_geoms: list[Any] = []
+        self.run_rows: list[dict[str, Any]] = []
+        self.forward_seconds = 0.0
+        self.next_id = 1  # of the next landslide polygon, counted over all scenes
+
+    def execute(self) -> None:
+        try:
+            with gdal_env():
+                for scene in self.plan.scenes:
+                    self.run_scene(scene)
+                self.write_tables()
+            self.bar.close()
+            self.outputs.publish()
+        except BaseException:
+            self.bar.close()
+            self.outputs.cleanup()
+            raise
+        finally:
+            self.bar.close()
+
+    def run_scene(self, scene: PlannedScene) -> None:
+        """Predict one scene into the vector output (and its COG), and record it."""
+        self.bar.describe(scene.label)
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        pw = self.outputs.open_prob_writer(scene)
+        run = SceneRun(self.plan, scene, self.outputs.writer, pw, self.bar,
+                       first_id=self.next_id)
+        footprint, footprint_area = run.run()
+        self.forward_seconds += run.forward_seconds
+        self.next_id = run.next_id
+        summary = run.summary
+        if pw is not None:
+            pw.finish()
+            summary.prob_out = str(scene.prob_target)
+        summary.seconds = time.perf_counter() - t0
+        self.scenes.append(summary)
+        self.footprint_rows["scene"].append(scene.label)
+        self.footprint_rows["valid_pixels"].append(summary.valid_pixels)
+        self.footprint_rows["area_m2"].append(footprint_area)
+        self.footprint_geoms.append(footprint)
+        self.run_rows.append(self.run_row(scene, summary, started))
+
+    def run_row(self, scene: PlannedScene, summary: SceneSummary,
+                started: datetime) -> dict[str, Any]:
+        """The scene's row of the ``runs`` table (its provenance)."""
+        plan, be, opts = self.plan, self.plan.backend, self.plan.options
+        return {
+            "scene": scene.label, "path": str(scene.info.path),
+            "model": be.model_name, "model_sha256": be.model_sha256,
+            "threshold": plan.threshold, "tile": plan.tile, "overlap": float(opts.overlap),
+            "batch_size": int(opts.batch_size), "bands": ",".join(map(str, scene.bands)),
+            "version": __version__, "started": started.isoformat(timespec="seconds"),
+            "duration_s": round(summary.seconds, 3), "backend": be.name,
+            "device": str(be.device), "crs": _crs_text(plan.crs),
+            "tiles": summary.tiles, "polygons": summary.polygons,
+            "min_area_m2": float(opts.min_area), "simplify_m": float(opts.simplify),
         }
-        geoms = np.concatenate([b["geometry"] for b in buffered])
-        writer.append_landslides(rows, reproject(geoms))
-        buffered.clear()
-        pending[0] = 0
 
-    def emit(polys: PolygonBatch) -> None:
-        geoms = polys.geoms
-        if tol_px > 0:
-            geoms = shapely.simplify(geoms, tol_px, preserve_topology=True)
-        geoms = geo.to_crs(geoms)
-        area, perim = geo.measure(geoms)
-        keep = (area > 0) & (area >= min_area) & ~shapely.is_empty(geoms)
-        if not keep.any():
-            return
-        buffered.append({
-            "geometry": geoms[keep], "area_m2": area[keep], "perimeter_m": perim[keep],
-            "mean_prob": polys.mean_prob[keep], "max_prob": polys.prob_max[keep],
-        })
-        kept = int(keep.sum())
-        pending[0] += kept
-        summary.polygons += kept
-        summary.landslide_area_m2 += float(area[keep].sum())
-        if pending[0] >= WRITE_CHUNK:
-            flush()
+    def write_tables(self) -> None:
+        writer = self.outputs.writer
+        writer.write_footprints(self.footprint_rows, self.footprint_geoms)
+        writer.write_runs(self.run_rows)
+        writer.write_style()
 
-    polygonizer = Polygonizer(info.width, threshold, emit)
-    all_valid = not info.needs_mask(indexes) and not info.is_float(indexes)
-    footprint = FootprintBuilder(info.height, info.width, all_valid=all_valid)
-    expected = (tile, tile)
-    def post(item: BatchItem, preds: np.ndarray | None) -> None:
+    def summary(self, seconds: float) -> PredictSummary:
+        plan, be, scenes = self.plan, self.plan.backend, self.scenes
+        return PredictSummary(
+            out=str(plan.out), scenes=scenes,
+            tiles=sum(s.tiles for s in scenes),
+            tiles_skipped=sum(s.tiles_skipped for s in scenes),
+            polygons=sum(s.polygons for s in scenes),
+            landslide_area_m2=float(sum(s.landslide_area_m2 for s in scenes)),
+            seconds=seconds, forward_seconds=self.forward_seconds,
+            peak_rss_mb=peak_rss_mb(), device=str(be.device), backend=be.name,
+            model=be.model_name, model_sha256=be.model_sha256, threshold=plan.threshold,
+            tile=plan.tile, overlap=float(plan.options.overlap),
+            batch_size=int(plan.options.batch_size), crs=_crs_text(plan.crs),
+            prob_out=[str(s.prob_target) for s in plan.scenes if s.prob_target is not None],
+            quicklooks=[str(look.target) for look in self.outputs.looks],
+            warnings=list(plan.warnings),
+        )
+
+
+class SceneRun:
+    """One scene through the model, in bounded memory.
+
+    :meth:`run` reads batches of windows in a reader thread and runs the forward passes
+    (:meth:`forward`); :meth:`post` stitches, writes and polygonizes each batch in a worker
+    thread beside the next forward pass; finished polygons go to :meth:`emit` (measured,
+    filtered) and are appended to the vector output in chunks by :meth:`flush`.
+    """
+
+    def __init__(self, plan: PredictPlan, scene: PlannedScene, writer: VectorWriter,
+                 prob_writer: ProbWriter | None, bar: ProgressHandle, *, first_id: int) -> None:
+        info, opts = scene.info, plan.options
+        self.scene, self.backend, self.writer, self.prob_writer, self.bar = (
+            scene, plan.backend, writer, prob_writer, bar)
+        self.tile, self.batch_size, self.min_area = plan.tile, opts.batch_size, opts.min_area
+        self.layout = plan.layout(info)
+        self.stitcher = Stitcher(self.layout)
+        self.geo = SceneGeo(info.crs, info.transform, info.width, info.height)
+        self.reproject = Reprojector(info.crs, plan.crs)
+        self.summary = SceneSummary(scene=scene.label, path=str(info.path), width=info.width,
+                                    height=info.height, crs=_crs_text(info.crs),
+                                    bands=list(scene.bands))
+        pixel = self.geo.pixel_size_m
+        self.tol_px = opts.simplify / pixel if opts.simplify > 0 and pixel > 0 else 0.0
+        self.buffered: list[dict[str, Any]] = []  # emitted polygons not yet written
+        self.pending = 0  # polygons in ``buffered``
+        self.next_id = first_id
+        self.forward_seconds = 0.0
+        self.polygonizer = Polygonizer(info.width, plan.threshold, self.emit)
+        all_valid = not info.needs_mask(scene.bands) and not info.is_float(scene.bands)
+        self.footprint = FootprintBuilder(info.height, info.width, all_valid=all_valid)
+
+    def run(self) -> tuple[Any, float]:
+        """Predict the whole scene; return its footprint (in the output CRS) and its area."""
+        info = self.scene.info
+        with PrefetchReader(info, self.layout, self.scene.bands, self.backend.spec,
+                            self.batch_size) as reader, _Worker(self.post) as worker:
+            for item in reader:
+                worker.submit(item, self.forward(item))
+            worker.drain()
+        self.flush()
+        return self.finish_footprint()
+
+    def forward(self, item: BatchItem) -> np.ndarray | None:
+        """The model's probabilities for the batch (``None`` when every window is skipped)."""
+        if item.batch is None:
+            return None
+        t0 = time.perf_counter()
+        preds = np.asarray(self.backend.predict(item.batch))
+        self.forward_seconds += time.perf_counter() - t0
+        if preds.shape != (item.batch.shape[0], self.tile, self.tile):
+            raise LandslideError(
+                f"model returned probabilities of shape {preds.shape} for a batch of "
+                f"shape {item.batch.shape}")
+        item.batch = None  # free the input batch while the post-processing runs
+        return preds
+
+    def post(self, item: BatchItem, preds: np.ndarray | None) -> None:
         """Stitch, write and polygonize one batch (runs beside the next forward pass)."""
         for win in item.windows:
             pred = None if win.slot is None or preds is None else preds[win.slot]
             if pred is None:
-                summary.tiles_skipped += 1
+                self.summary.tiles_skipped += 1
             else:
-                summary.tiles += 1
-            block = stitcher.add(pred, win.valid)
-            if pw is not None:
-                pw.write(block)
-            polygonizer.add(block)
-            footprint.add(block)
-            bar.advance()
+                self.summary.tiles += 1
+            block = self.stitcher.add(pred, win.valid)
+            if self.prob_writer is not None:
+                self.prob_writer.write(block)
+            self.polygonizer.add(block)
+            self.footprint.add(block)
+            self.bar.advance()
 
-    with PrefetchReader(info, layout, indexes, be.spec, batch_size) as reader, \
-            _Worker(post) as worker:
-        for item in reader:
-            preds = None
-            if item.batch is not None:
-                t0 = time.perf_counter()
-                preds = np.asarray(be.predict(item.batch))
-                forward[0] += time.perf_counter() - t0
-                if preds.shape != (item.batch.shape[0], *expected):
-                    raise LandslideError(
-                        f"model returned probabilities of shape {preds.shape} for a batch of "
-                        f"shape {item.batch.shape}")
-                item.batch = None  # free the input batch while the post-processing runs
-            worker.submit(item, preds)
-        worker.drain()
-    flush()
-    summary.valid_pixels = footprint.valid_pixels
-    if summary.valid_pixels == 0:
-        raise DataError(f"{info.path}: no valid pixels (every pixel is nodata or masked)")
-    fp = geo.to_crs(footprint.geometry())
-    fp_area = float(geo.measure([fp])[0][0])
-    return summary, (reproject(fp), fp_area)
+    def emit(self, polys: PolygonBatch) -> None:
+        """Simplify, georeference, measure and filter finished polygons; buffer the kept."""
+        geoms = polys.geoms
+        if self.tol_px > 0:
+            geoms = shapely.simplify(geoms, self.tol_px, preserve_topology=True)
+        geoms = self.geo.to_crs(geoms)
+        area, perim = self.geo.measure(geoms)
+        keep = (area > 0) & (area >= self.min_area) & ~shapely.is_empty(geoms)
+        if not keep.any():
+            return
+        self.buffered.append({
+            "geometry": geoms[keep], "area_m2": area[keep], "perimeter_m": perim[keep],
+            "mean_prob": polys.mean_prob[keep], "max_prob": polys.prob_max[keep],
+        })
+        kept = int(keep.sum())
+        self.pending += kept
+        self.summary.polygons += kept
+        self.summary.landslide_area_m2 += float(area[keep].sum())
+        if self.pending >= WRITE_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the buffered polygons to the vector output, numbered on from ``next_id``."""
+        if not self.buffered:
+            return
+        n = self.pending
+        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        self.next_id += n
+        rows = {
+            "id": ids, "scene": [self.scene.label] * n,
+            **{k: np.concatenate([b[k] for b in self.buffered])
+               for k in ("area_m2", "perimeter_m", "mean_prob", "max_prob")},
+        }
+        geoms = np.concatenate([b["geometry"] for b in self.buffered])
+        self.writer.append_landslides(rows, self.reproject(geoms))
+        self.buffered.clear()
+        self.pending = 0
+
+    def finish_footprint(self) -> tuple[Any, float]:
+        """The scene's valid-pixel footprint in the output CRS and its area in m²; refuse a
+        scene without any valid pixel."""
+        self.summary.valid_pixels = self.footprint.valid_pixels
+        if self.summary.valid_pixels == 0:
+            raise DataError(
+                f"{self.scene.info.path}: no valid pixels (every pixel is nodata or masked)")
+        fp = self.geo.to_crs(self.footprint.geometry())
+        fp_area = float(self.geo.measure([fp])[0][0])
+        return self.reproject(fp), fp_area

@@ -14,7 +14,7 @@ from _recording import RecordingReporter
 from rasterio.transform import from_origin
 
 from landslide_cli.errors import DataError, LandslideError
-from landslide_cli.predict import predict_scenes
+from landslide_cli.predict import PredictOptions, predict_scenes
 from landslide_cli.predict.raster import UINT8_NODATA, UINT8_SCALE
 
 
@@ -376,3 +376,27 @@ def test_probability_maps_for_several_scenes(tmp_path):
     with pytest.raises(LandslideError, match="folder or contain"):
         predict_scenes([a, b], tmp_path / "o3.gpkg", model=bright_standin(), tile=32,
                        prob_out=tmp_path / "one.tif")
+
+
+# ----------------------------------------------------------------------- options object
+
+
+def test_options_object_runs_like_the_keywords(tmp_path):
+    scene = write_tif(tmp_path / "s.tif", _rgb(60, 60, 220))
+    by_keywords = predict_scenes(scene, tmp_path / "a.gpkg", model=bright_standin(), tile=32,
+                                 overlap=0.5, min_area=10.0)
+    by_options = predict_scenes(scene, tmp_path / "b.gpkg", model=bright_standin(),
+                                options=PredictOptions(tile=32, overlap=0.5, min_area=10.0))
+    drop = ("out", "seconds", "forward_seconds", "peak_rss_mb", "scenes")
+    a, b = by_keywords.to_dict(), by_options.to_dict()
+    assert {k: v for k, v in a.items() if k not in drop} == \
+        {k: v for k, v in b.items() if k not in drop}
+    assert _read(tmp_path / "a.gpkg").area_m2.tolist() == \
+        _read(tmp_path / "b.gpkg").area_m2.tolist()
+    with pytest.raises(LandslideError, match="--overlap 2"):
+        predict_scenes(scene, tmp_path / "c.gpkg", model=bright_standin(),
+                       options=PredictOptions(overlap=2))
+    with pytest.raises(TypeError, match="not both"):
+        predict_scenes(scene, tmp_path / "c.gpkg", model=bright_standin(), tile=32,
+                       options=PredictOptions())
+    assert not (tmp_path / "c.gpkg").exists()
