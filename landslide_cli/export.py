@@ -10,6 +10,11 @@ The checkpoint's metadata travels inside the file (ONNX ``metadata_props``): key
 holds a JSON document (see :data:`ONNX_FORMAT`) and a few flat ``landslide.*`` keys repeat the
 most useful fields for tools that cannot parse JSON. Nothing is written unless the graph passes
 ``onnx.checker`` and the parity check (ONNX Runtime vs. PyTorch on random and real tiles).
+
+This module holds the exporters and :func:`export_onnx`, which runs the steps; the parts live
+beside it: the file format and its metadata in :mod:`landslide_cli.onnx_format`, the PVTv2
+rewrites in :mod:`landslide_cli.zoo.pvt_onnx`, the float16 conversion in
+:mod:`landslide_cli.export_fp16` and the parity check in :mod:`landslide_cli.export_parity`.
 """
 
 from __future__ import annotations
@@ -21,57 +26,41 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from landslide_cli import __version__
 from landslide_cli.errors import LandslideError
+from landslide_cli.export_fp16 import to_float16
+from landslide_cli.export_parity import (  # noqa: F401 - default_parity_data re-exported
+    ParityResult,
+    default_parity_data,
+    run_parity,
+)
 from landslide_cli.onnx_format import (  # noqa: F401 - re-exported
     INPUT_NAME,
     METADATA_KEY,
     ONNX_FORMAT,
     ONNX_FORMAT_VERSION,
     OUTPUT_NAME,
+    embed_metadata,
     parse_metadata,
     read_onnx_metadata,
 )
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.registry import Registry
 from landslide_cli.reporting import Reporter, as_reporter
-from landslide_cli.safety import atomic_write, check_target
+from landslide_cli.safety import atomic_write, check_target, first_line
 
 #: max |p_onnx - p_torch| accepted by the parity check
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 MIN_OPSET, MAX_OPSET = 13, 20
-#: random tiles (batch) and real tiles (at most) used by the parity check
-PARITY_RANDOM = 2
-PARITY_REAL = 3
-_IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
-
-
-@dataclass
-class ParityResult:
-    """Max absolute probability difference between ONNX Runtime and PyTorch (fp32 eager)."""
-
-    tolerance: float
-    random_max_diff: float | None = None
-    real_max_diff: float | None = None
-    #: the real tiles used (file paths); empty when none were found
-    real_sources: list[str] = field(default_factory=list)
-    #: why there is no real-input number, if there is none
-    real_note: str = ""
-    provider: str = "CPUExecutionProvider"
-
-    @property
-    def passed(self) -> bool:
-        diffs = [d for d in (self.random_max_diff, self.real_max_diff) if d is not None]
-        return all(d <= self.tolerance for d in diffs)
+#: an exporter: (module, example input, path, opset, dynamic_batch) -> writes an .onnx file
+Exporter = Callable[[nn.Module, torch.Tensor, Path, int, bool], None]
 
 
 @dataclass
@@ -128,69 +117,7 @@ class ProbabilityModel(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# export-time rewrites: the same math as a graph ONNX Runtime runs faster (guarded by parity)
-# --------------------------------------------------------------------------------------------
-
-
-def _pvt_mlp_forward(self: Any, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
-    """timm ``MlpWithDepthwiseConv`` (eval), with the token <-> image moves written as
-    NHWC reshape + permute, which ONNX Runtime folds into its NCHWc reorders instead of
-    materializing two transposes of the largest tensor in the network."""
-    x = self.fc1(x)
-    b, n, c = x.shape
-    x = x.reshape(b, feat_size[0], feat_size[1], c).permute(0, 3, 1, 2)
-    x = self.dwconv(self.relu(x))
-    x = x.permute(0, 2, 3, 1).reshape(b, n, c)
-    return self.fc2(self.act(x))
-
-
-def _pvt_attention_forward(self: Any, x: torch.Tensor, feat_size: list[int]) -> torch.Tensor:
-    """timm pvt_v2 ``Attention`` (eval) with the same NHWC moves around the spatial-reduction
-    convolution; attention itself is unchanged (scaled dot product, default scale)."""
-    b, n, c = x.shape
-    h, w = feat_size
-    q = self.q(x).reshape(b, n, self.num_heads, -1).permute(0, 2, 1, 3)
-    if self.pool is not None:
-        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
-        x = self.sr(self.pool(x)).permute(0, 2, 3, 1).reshape(b, -1, c)
-        x = self.act(self.norm(x))
-    elif self.sr is not None:
-        x = x.reshape(b, h, w, c).permute(0, 3, 1, 2)
-        x = self.sr(x).permute(0, 2, 3, 1).reshape(b, -1, c)
-        x = self.norm(x)
-    kv = self.kv(x).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-    k, v = kv.unbind(0)
-    x = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=float(self.scale))
-    return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-def _rewrite_for_onnx(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """A copy of ``model`` with ORT-friendly forwards on known timm blocks; names of rewrites."""
-    import copy
-    import types
-
-    try:
-        from timm.models import pvt_v2
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return model, []
-    targets = {
-        pvt_v2.MlpWithDepthwiseConv: (_pvt_mlp_forward, ("fc1", "dwconv", "relu", "act", "fc2")),
-        pvt_v2.Attention: (_pvt_attention_forward,
-                           ("q", "kv", "proj", "sr", "pool", "norm", "num_heads", "head_dim",
-                            "scale")),
-    }
-    model = copy.deepcopy(model)
-    applied: set[str] = set()
-    for module in model.modules():
-        entry = targets.get(type(module))
-        if entry and all(hasattr(module, a) for a in entry[1]):
-            module.forward = types.MethodType(entry[0], module)
-            applied.add(f"pvt_v2.{type(module).__name__}: channels-last reshapes")
-    return model, sorted(applied)
-
-
-# --------------------------------------------------------------------------------------------
-# exporters: (module, example input, path, opset, dynamic_batch) -> writes an .onnx file
+# exporters (see Exporter), by name
 # --------------------------------------------------------------------------------------------
 
 EXPORTERS: Registry = Registry("onnx exporter")
@@ -273,41 +200,108 @@ def export_onnx(
             ``out`` is then left untouched.
     """
     from landslide_cli.checkpoint import file_sha256
-    from landslide_cli.devices import resolve_device
-    from landslide_cli.zoo.loading import load_model
 
     say = as_reporter(reporter).info
     started = time.perf_counter()
     out = Path(out).expanduser()
-    _check_target(out, overwrite, model_ref)
-    if tile is not None and int(tile) < 32:
-        raise LandslideError(f"--tile {tile} is too small; use at least 32 pixels")
+    export_fn = _check_request(out, overwrite, model_ref, tile=tile, opset=opset,
+                               exporter=exporter)
+    loaded, spec, dev = _load(model_ref, device, tile)
+    tile = spec.tile
+    reference, module, rewrites = _graph_modules(loaded, optimize, dev)
+
+    say(f"exporting {loaded.name} ({loaded.meta.arch.spec}) at tile {tile}, opset {opset} "
+        f"with the {exporter} exporter")
+    example = torch.zeros(1, spec.num_bands, tile, tile, device=dev)
+    model_proto = _trace(export_fn, module, example, source=loaded.path, opset=opset,
+                         dynamic_batch=dynamic_batch)
+    opset = _graph_opset(model_proto, opset)
+    if fp16:
+        say("converting weights and activations to float16")
+        model_proto = to_float16(model_proto)
+    embed_metadata(model_proto, meta_dict=_exported_meta(loaded.meta.to_dict(), tile),
+                   source_path=loaded.path, source_sha256=loaded.sha256, opset=opset,
+                   fp16=fp16, dynamic_batch=dynamic_batch,
+                   exporter=EXPORTERS.resolve(exporter), rewrites=rewrites,
+                   torch_version=torch.__version__)
+    _check_model(model_proto)
+    payload = model_proto.SerializeToString()
+
+    parity: ParityResult | None = None
+    if check_parity:
+        say("checking parity with PyTorch")
+        parity = _check_parity(reference, payload, spec, dev, fp16=fp16,
+                               dynamic_batch=dynamic_batch, parity_data=parity_data, out=out)
+    _write(out, payload)
+    return ExportReport(
+        path=out, size_bytes=out.stat().st_size, opset=opset, tile=tile, bands=list(spec.bands),
+        fp16=fp16, dynamic_batch=dynamic_batch, exporter=EXPORTERS.resolve(exporter),
+        model_name=loaded.name, source_path=loaded.path, source_sha256=loaded.sha256,
+        onnx_sha256=file_sha256(out), seconds=time.perf_counter() - started, parity=parity,
+        rewrites=rewrites,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the steps of export_onnx
+# --------------------------------------------------------------------------------------------
+
+
+def _check_request(out: Path, overwrite: bool, model_ref: Any, *, tile: int | None, opset: int,
+                   exporter: str) -> Exporter:
+    """Refuse a target or option that cannot work, before any work is done; the exporter."""
+    inputs = [Path(model_ref)] if isinstance(model_ref, (str, os.PathLike)) else []
+    check_target(out, overwrite=overwrite, what="--out", suffixes=(".onnx",), inputs=inputs)
+    if tile is not None:
+        _check_tile(int(tile))
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LandslideError(f"--opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
     export_fn = EXPORTERS.get(exporter)
     if EXPORTERS.resolve(exporter) == "dynamo" and opset < 18:
         raise LandslideError(f"the dynamo exporter needs --opset 18 or newer (got {opset})")
+    return export_fn
+
+
+def _check_tile(tile: int) -> None:
+    if tile < 32:
+        raise LandslideError(f"--tile {tile} is too small; use at least 32 pixels")
+
+
+def _load(model_ref: str | Path | None, device: str, tile: int | None
+          ) -> tuple[Any, InputSpec, torch.device]:
+    """The loaded model, its input spec with the exported tile, and the torch device."""
+    from landslide_cli.devices import resolve_device
+    from landslide_cli.zoo.loading import load_model
 
     dev = resolve_device(device)
     loaded = load_model(model_ref, device=dev)
-    meta = loaded.meta
-    spec = meta.input_spec
-    tile = int(tile or spec.tile)
-    if tile < 32:
-        raise LandslideError(f"--tile {tile} is too small; use at least 32 pixels")
-    spec.tile = tile
+    spec = loaded.meta.input_spec
+    spec.tile = int(tile or spec.tile)
+    _check_tile(spec.tile)
+    return loaded, spec, dev
+
+
+def _graph_modules(loaded: Any, optimize: bool, dev: torch.device
+                   ) -> tuple[nn.Module, nn.Module, list[str]]:
+    """The parity reference (the unmodified model), the module to export, and its rewrites."""
+    from landslide_cli.zoo.pvt_onnx import rewrite_for_onnx
+
     reference = ProbabilityModel(loaded.model).eval().to(dev)
     rewrites: list[str] = []
     graph_model: nn.Module = loaded.model
     if optimize:
-        graph_model, rewrites = _rewrite_for_onnx(loaded.model)
-        if meta.arch.num_classes == 2:
+        graph_model, rewrites = rewrite_for_onnx(loaded.model)
+        if loaded.meta.arch.num_classes == 2:
             rewrites.append("two-class softmax as sigmoid(l1 - l0)")
     module = ProbabilityModel(graph_model, two_class_sigmoid=optimize).eval().to(dev)
+    return reference, module, rewrites
 
-    say(f"exporting {loaded.name} ({meta.arch.spec}) at tile {tile}, opset {opset} "
-        f"with the {exporter} exporter")
-    example = torch.zeros(1, spec.num_bands, tile, tile, device=dev)
+
+def _trace(export_fn: Exporter, module: nn.Module, example: torch.Tensor, *, source: Path,
+           opset: int, dynamic_batch: bool) -> Any:
+    """Run the exporter into a temporary folder; the ``onnx.ModelProto`` it wrote."""
+    import onnx
+
     with tempfile.TemporaryDirectory(prefix="landslide-export-") as tmp:
         raw_path = Path(tmp) / "raw.onnx"
         try:
@@ -315,60 +309,8 @@ def export_onnx(
         except LandslideError:
             raise
         except Exception as exc:
-            raise LandslideError(f"ONNX export of {loaded.path} failed: {_short(exc)}") from None
-        import onnx
-
-        model_proto = onnx.load(str(raw_path))
-    opset = _graph_opset(model_proto, opset)
-
-    if fp16:
-        say("converting weights and activations to float16")
-        model_proto = _to_float16(model_proto)
-    source_sha = loaded.sha256
-    _embed_metadata(model_proto, meta_dict=_exported_meta(meta.to_dict(), tile),
-                    source_path=loaded.path, source_sha256=source_sha, opset=opset,
-                    fp16=fp16, dynamic_batch=dynamic_batch, exporter=exporter,
-                    rewrites=rewrites)
-    _check_model(model_proto)
-    payload = model_proto.SerializeToString()
-
-    parity: ParityResult | None = None
-    if check_parity:
-        say("checking parity with PyTorch")
-        parity = _parity(reference, payload, spec, dev, fp16=fp16, dynamic_batch=dynamic_batch,
-                         parity_data=parity_data)
-        if not parity.passed:
-            worst, which = max(
-                (d, name) for d, name in ((parity.random_max_diff, "random"),
-                                          (parity.real_max_diff, "real")) if d is not None
-            )
-            raise LandslideError(
-                f"parity check failed: max |p_onnx - p_torch| = {worst:.3g} on {which} input "
-                f"exceeds {parity.tolerance:g}; {out} was not written"
-            )
-
-    try:
-        atomic_write(out, lambda tmp: tmp.write_bytes(payload), suffix=".onnx.tmp")
-    except OSError as exc:
-        raise LandslideError(f"cannot write {out}: {exc.strerror or _short(exc)}") from None
-    return ExportReport(
-        path=out, size_bytes=out.stat().st_size, opset=opset, tile=tile, bands=list(spec.bands),
-        fp16=fp16, dynamic_batch=dynamic_batch, exporter=EXPORTERS.resolve(exporter),
-        model_name=loaded.name, source_path=loaded.path, source_sha256=source_sha,
-        onnx_sha256=file_sha256(out), seconds=time.perf_counter() - started, parity=parity,
-        rewrites=rewrites,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _check_target(out: Path, overwrite: bool, model_ref: Any) -> None:
-    """Refuse a target that cannot or should not be written, before any work is done."""
-    inputs = [Path(model_ref)] if isinstance(model_ref, (str, os.PathLike)) else []
-    check_target(out, overwrite=overwrite, what="--out", suffixes=(".onnx",), inputs=inputs)
+            raise LandslideError(f"ONNX export of {source} failed: {first_line(exc)}") from None
+        return onnx.load(str(raw_path))
 
 
 def _exported_meta(meta: dict[str, Any], tile: int) -> dict[str, Any]:
@@ -379,59 +321,6 @@ def _exported_meta(meta: dict[str, Any], tile: int) -> dict[str, Any]:
     if trained_tile is not None and trained_tile != tile:
         meta.setdefault("extra", {})["trained_tile"] = trained_tile
     return meta
-
-
-def _embed_metadata(proto: Any, *, meta_dict: dict[str, Any], source_path: Path,
-                    source_sha256: str, opset: int, fp16: bool, dynamic_batch: bool,
-                    exporter: str, rewrites: list[str]) -> None:
-    """Store the checkpoint metadata and export details in ``proto.metadata_props``."""
-    spec = InputSpec.from_dict(meta_dict["input"])
-    arch = meta_dict.get("architecture", {})
-    arch_text = f"{arch.get('backbone', '?')}+{arch.get('decoder', '?')}"
-    name = meta_dict.get("name") or source_path.stem
-    doc = {
-        "format": ONNX_FORMAT,
-        "format_version": ONNX_FORMAT_VERSION,
-        "checkpoint": meta_dict,
-        "source": {"file": source_path.name, "sha256": source_sha256},
-        "export": {
-            "opset": opset,
-            "tile": spec.tile,
-            "precision": "fp16" if fp16 else "fp32",
-            "dynamic_batch": dynamic_batch,
-            "exporter": EXPORTERS.resolve(exporter),
-            "rewrites": rewrites,
-            "input": INPUT_NAME,
-            "output": OUTPUT_NAME,
-            "output_meaning": "landslide probability (softmax over classes, class 1), (N, H, W)",
-            "landslide_version": __version__,
-            "torch_version": torch.__version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        },
-    }
-    flat = {
-        METADATA_KEY: json.dumps(doc, sort_keys=True),
-        "landslide.name": name,
-        "landslide.architecture": arch_text,
-        "landslide.bands": ",".join(spec.bands),
-        "landslide.scale": repr(float(spec.scale)),
-        "landslide.mean": json.dumps(list(spec.mean)),
-        "landslide.std": json.dumps(list(spec.std)),
-        "landslide.tile": str(spec.tile),
-        "landslide.threshold": repr(float(meta_dict.get("threshold", 0.5))),
-        "landslide.classes": ",".join(meta_dict.get("classes") or []),
-        "landslide.version": str(meta_dict.get("version", "")),
-        "landslide.source_sha256": source_sha256,
-    }
-    del proto.metadata_props[:]
-    for key, value in flat.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "landslide"
-    proto.producer_version = __version__
-    proto.doc_string = (f"landslide segmentation model {name} ({arch_text}): {INPUT_NAME} "
-                        f"(N, {spec.num_bands}, {spec.tile}, {spec.tile}) normalized float32 -> "
-                        f"{OUTPUT_NAME} (N, {spec.tile}, {spec.tile}) landslide probability")
 
 
 def _graph_opset(proto: Any, requested: int) -> int:
@@ -448,176 +337,28 @@ def _check_model(proto: Any) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise LandslideError(f"exported ONNX graph failed onnx.checker: {_short(exc)}") from None
+        raise LandslideError(f"exported ONNX graph failed onnx.checker: {first_line(exc)}") \
+            from None
 
 
-def _to_float16(proto: Any) -> Any:
-    """float32 -> float16 weights and activations, float32 inputs/outputs (casts inside)."""
-    try:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-    except ImportError as exc:  # pragma: no cover - depends on the onnxruntime build
+def _check_parity(reference: nn.Module, payload: bytes, spec: InputSpec, dev: torch.device, *,
+                  fp16: bool, dynamic_batch: bool, parity_data: str | Path | None,
+                  out: Path) -> ParityResult:
+    """Run the parity check against :data:`TOLERANCE`; refuse a graph that fails it."""
+    parity = run_parity(reference, payload, spec, dev,
+                        tolerance=TOLERANCE["fp16" if fp16 else "fp32"],
+                        dynamic_batch=dynamic_batch, parity_data=parity_data)
+    if not parity.passed:
+        worst, which = parity.worst()
         raise LandslideError(
-            f"--fp16 needs onnxruntime.transformers.float16, which is unavailable ({exc})"
-        ) from None
-    import logging
+            f"parity check failed: max |p_onnx - p_torch| = {worst:.3g} on {which} input "
+            f"exceeds {parity.tolerance:g}; {out} was not written"
+        )
+    return parity
 
-    quiet = logging.getLogger("onnxruntime.transformers.float16")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+
+def _write(out: Path, payload: bytes) -> None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            half = convert_float_to_float16(proto, keep_io_types=True)
-    finally:
-        quiet.setLevel(level)
-    _toposort(half.graph)  # the helper appends the input casts at the end of the node list
-    return half
-
-
-def _toposort(graph: Any) -> None:
-    """Reorder ``graph.node`` topologically (stable), as onnx.checker requires."""
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise LandslideError("exported ONNX graph has a cycle or an undefined input")
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def _ort_session(payload: bytes, device: torch.device) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    opts.log_severity_level = 3  # fp16 graphs warn about CPU constant folding of Sqrt
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-    try:
-        return ort.InferenceSession(payload, opts, providers=providers)
-    except Exception as exc:
-        raise LandslideError(f"ONNX Runtime cannot load the exported graph: {_short(exc)}") \
-            from None
-
-
-def _parity(module: nn.Module, payload: bytes, spec: InputSpec, device: torch.device, *,
-            fp16: bool, dynamic_batch: bool, parity_data: str | Path | None) -> ParityResult:
-    session = _ort_session(payload, device)
-    result = ParityResult(tolerance=TOLERANCE["fp16" if fp16 else "fp32"],
-                          provider=session.get_providers()[0])
-    gen = np.random.default_rng(0)
-    n = PARITY_RANDOM if dynamic_batch else 1
-    random_batch = gen.standard_normal((n, spec.num_bands, spec.tile, spec.tile),
-                                       dtype=np.float32)
-    result.random_max_diff = _max_diff(module, session, random_batch, device, dynamic_batch)
-    if not result.passed:  # failed already: no need to read real tiles
-        result.real_note = "skipped (random-input parity failed)"
-        return result
-
-    tiles, sources, note = _real_tiles(spec, parity_data)
-    result.real_sources, result.real_note = sources, note
-    if tiles is not None:
-        result.real_max_diff = _max_diff(module, session, tiles, device, dynamic_batch)
-    return result
-
-
-@torch.inference_mode()
-def _max_diff(module: nn.Module, session: Any, batch: np.ndarray, device: torch.device,
-              dynamic_batch: bool) -> float:
-    reference = module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
-    try:
-        if dynamic_batch:
-            got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
-        else:
-            got = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: batch[i:i + 1]})[0]
-                                  for i in range(len(batch))])
-    except Exception as exc:
-        raise LandslideError(f"ONNX Runtime failed on the exported graph: {_short(exc)}") \
-            from None
-    if got.shape != reference.shape or got.dtype != np.float32:
-        raise LandslideError(f"exported graph returns {got.dtype} {got.shape}, "
-                             f"expected float32 {reference.shape}")
-    return float(np.max(np.abs(got - reference)))
-
-
-def default_parity_data() -> Path | None:
-    """``$LANDSLIDE_SHARED/data/landslides`` when that variable is set, else ``None``: the
-    package never looks for data outside itself (e.g. beside a source checkout)."""
-    shared = os.environ.get("LANDSLIDE_SHARED")
-    return Path(shared) / "data" / "landslides" if shared else None
-
-
-def _real_tiles(spec: InputSpec, parity_data: str | Path | None
-                ) -> tuple[np.ndarray | None, list[str], str]:
-    """Up to :data:`PARITY_REAL` real tiles (one per sub-folder), normalized per ``spec``."""
-    root = Path(parity_data).expanduser() if parity_data else default_parity_data()
-    if root is None:
-        return None, [], "no real tiles given (--parity-data, or set LANDSLIDE_SHARED)"
-    if not root.exists():
-        if parity_data:
-            raise LandslideError(f"parity data not found: {root}")
-        return None, [], f"no real tiles ({root} not found)"
-    candidates = [root] if root.is_file() else _one_per_folder(root)
-    tiles, sources = [], []
-    for path in candidates:
-        tile = _read_tile(path, spec)
-        if tile is not None:
-            tiles.append(tile)
-            sources.append(str(path))
-        if len(tiles) == PARITY_REAL:
-            break
-    if not tiles:
-        return None, [], (f"no readable image with the model's {spec.num_bands} bands "
-                          f"under {root}")
-    return spec.normalize(np.stack(tiles)), sources, ""
-
-
-def _one_per_folder(root: Path) -> list[Path]:
-    images = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES
-                    and "mask" not in p.parent.name.lower())
-    first: dict[Path, Path] = {}
-    for path in images:
-        first.setdefault(path.parent, path)
-    return list(first.values()) + [p for p in images if p not in first.values()]
-
-
-def _read_tile(path: Path, spec: InputSpec) -> np.ndarray | None:
-    """The centre ``tile x tile`` window of ``path`` (padded if smaller), or None if unusable."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                if max(spec.indices) > src.count:
-                    return None
-                data = src.read(spec.indices)
-    except Exception:
-        return None
-    t = spec.tile
-    _, h, w = data.shape
-    top, left = max(0, (h - t) // 2), max(0, (w - t) // 2)
-    data = data[:, top:top + t, left:left + t]
-    ph, pw = t - data.shape[1], t - data.shape[2]
-    if ph or pw:
-        mode = "reflect" if ph < data.shape[1] and pw < data.shape[2] else "edge"
-        data = np.pad(data, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)),
-                      mode=mode)
-    return data
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+        atomic_write(out, lambda tmp: tmp.write_bytes(payload), suffix=".onnx.tmp")
+    except OSError as exc:
+        raise LandslideError(f"cannot write {out}: {exc.strerror or first_line(exc)}") from None

@@ -3,17 +3,22 @@
 An exported file maps ``image`` ``(N, C, T, T)`` normalized float32 tiles to ``probability``
 ``(N, T, T)`` float32. Its ``metadata_props`` key ``landslide`` holds a JSON document with
 ``format`` = :data:`ONNX_FORMAT`, ``format_version`` = :data:`ONNX_FORMAT_VERSION` and the
-checkpoint's metadata under ``checkpoint`` (its ``input`` spec included). Reading it needs only
-the ``onnx`` package, so ONNX Runtime deployments load without PyTorch.
+checkpoint's metadata under ``checkpoint`` (its ``input`` spec included); a few flat
+``landslide.*`` keys repeat the most useful fields for tools that cannot parse JSON. Writing
+(:func:`embed_metadata`) and reading it need only the ``onnx`` package, so ONNX Runtime
+deployments load without PyTorch.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from landslide_cli import __version__
 from landslide_cli.errors import LandslideError
+from landslide_cli.preprocess import InputSpec
 from landslide_cli.safety import first_line
 
 #: value of ``format`` inside the ``landslide`` metadata JSON
@@ -23,6 +28,63 @@ ONNX_FORMAT_VERSION = "1"
 METADATA_KEY = "landslide"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
+
+
+def embed_metadata(proto: Any, *, meta_dict: dict[str, Any], source_path: Path,
+                   source_sha256: str, opset: int, fp16: bool, dynamic_batch: bool,
+                   exporter: str, rewrites: list[str], torch_version: str) -> None:
+    """Store the checkpoint metadata and export details in ``proto.metadata_props``.
+
+    ``exporter`` is the exporter's registered name, ``torch_version`` the PyTorch that traced
+    the graph; the producer fields and ``doc_string`` of ``proto`` are set too.
+    """
+    spec = InputSpec.from_dict(meta_dict["input"])
+    arch = meta_dict.get("architecture", {})
+    arch_text = f"{arch.get('backbone', '?')}+{arch.get('decoder', '?')}"
+    name = meta_dict.get("name") or source_path.stem
+    doc = {
+        "format": ONNX_FORMAT,
+        "format_version": ONNX_FORMAT_VERSION,
+        "checkpoint": meta_dict,
+        "source": {"file": source_path.name, "sha256": source_sha256},
+        "export": {
+            "opset": opset,
+            "tile": spec.tile,
+            "precision": "fp16" if fp16 else "fp32",
+            "dynamic_batch": dynamic_batch,
+            "exporter": exporter,
+            "rewrites": rewrites,
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "output_meaning": "landslide probability (softmax over classes, class 1), (N, H, W)",
+            "landslide_version": __version__,
+            "torch_version": torch_version,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    }
+    flat = {
+        METADATA_KEY: json.dumps(doc, sort_keys=True),
+        "landslide.name": name,
+        "landslide.architecture": arch_text,
+        "landslide.bands": ",".join(spec.bands),
+        "landslide.scale": repr(float(spec.scale)),
+        "landslide.mean": json.dumps(list(spec.mean)),
+        "landslide.std": json.dumps(list(spec.std)),
+        "landslide.tile": str(spec.tile),
+        "landslide.threshold": repr(float(meta_dict.get("threshold", 0.5))),
+        "landslide.classes": ",".join(meta_dict.get("classes") or []),
+        "landslide.version": str(meta_dict.get("version", "")),
+        "landslide.source_sha256": source_sha256,
+    }
+    del proto.metadata_props[:]
+    for key, value in flat.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "landslide"
+    proto.producer_version = __version__
+    proto.doc_string = (f"landslide segmentation model {name} ({arch_text}): {INPUT_NAME} "
+                        f"(N, {spec.num_bands}, {spec.tile}, {spec.tile}) normalized float32 -> "
+                        f"{OUTPUT_NAME} (N, {spec.tile}, {spec.tile}) landslide probability")
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
