@@ -36,6 +36,16 @@ def tile_pair(rng: np.random.Generator, size: int = 24, value: int = 1
     return image, (mask * value).astype(np.uint8)
 
 
+def tile_folder(root: Path, count: int, seed: int) -> Path:
+    """``count`` random 40 x 36 tile pairs in ``root/img`` and ``root/mask`` (folder layout)."""
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        image, mask = tile_pair(rng, 40)
+        write_raster(root / "img" / f"t{k}.png", image[:, :, :36])
+        write_raster(root / "mask" / f"t{k}.png", mask[:, :36])
+    return root
+
+
 #: the CAS sub-datasets of the miniature tree: (folder name, file prefix, mask value, tiles)
 CAS_REGIONS = [
     ("Longxi River（UAV）", "longxi_UAV", 255, 6),

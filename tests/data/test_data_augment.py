@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _tiles import tile_pair, write_raster
+from _tiles import tile_folder, tile_pair, write_raster
 
 from landslide_cli.data import Augment, SegmentationDataset, open_dataset
 from landslide_cli.errors import LandslideError
@@ -14,12 +14,7 @@ from landslide_cli.preprocess import InputSpec, normalize
 
 @pytest.fixture
 def tiles(tmp_path):
-    rng = np.random.default_rng(5)
-    for k in range(4):
-        image, mask = tile_pair(rng, 40)
-        write_raster(tmp_path / "t" / "img" / f"t{k}.png", image[:, :, :36])  # 40 x 36
-        write_raster(tmp_path / "t" / "mask" / f"t{k}.png", mask[:, :36])
-    return open_dataset("folder", tmp_path / "t", split="all")
+    return open_dataset("folder", tile_folder(tmp_path / "t", 4, 5), split="all")
 
 
 def _red_is_mask(item: dict, spec: InputSpec) -> np.ndarray:

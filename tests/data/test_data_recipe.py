@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _tiles import tile_pair, write_raster
+from _tiles import tile_folder, write_raster
 
 from landslide_cli.data import Augment, SegmentationDataset, open_dataset
 from landslide_cli.data.photometric import dct_quantise, jpeg, photometric
@@ -18,12 +18,7 @@ TILE = InputSpec(normalization="tile")
 
 @pytest.fixture
 def tiles(tmp_path):
-    rng = np.random.default_rng(7)
-    for k in range(3):
-        image, mask = tile_pair(rng, 40)
-        write_raster(tmp_path / "t" / "img" / f"t{k}.png", image[:, :, :36])  # 40 x 36
-        write_raster(tmp_path / "t" / "mask" / f"t{k}.png", mask[:, :36])
-    return open_dataset("folder", tmp_path / "t", split="all")
+    return open_dataset("folder", tile_folder(tmp_path / "t", 3, 7), split="all")
 
 
 def test_tile_normalization_formula_and_defaults():
