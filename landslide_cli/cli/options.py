@@ -222,6 +222,8 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     train_choice("amp", "Mixed precision on CUDA.", RUN),
     TrainOption("seed", int, ("--seed",), "Random seed.", RUN),
     TrainOption("log_every", int, ("--log-every",), "Progress update interval in steps.", RUN),
+    TrainOption("val_every", int, ("--val-every",),
+                "Validate and write checkpoints every N epochs (and after the last).", RUN),
     TrainOption("quiet", bool, ("--quiet", "-q"), "No progress output.", RUN, value=False),
     TrainOption("tensorboard", bool, ("--tensorboard/--no-tensorboard",),
                 "Also log to TensorBoard (if installed).", RUN),

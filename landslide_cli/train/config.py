@@ -34,7 +34,7 @@ C = TypeVar("C", bound="TrainConfig")
 RUNTIME_FIELDS = frozenset({"resume", "stop_after", "quiet", "config_file"})
 #: fields that ``--resume`` accepts from the command line (the rest comes from config.yaml)
 RESUME_OVERRIDABLE = frozenset({"epochs", "steps", "device", "num_workers", "log_every",
-                                "tensorboard", "stop_after", "quiet"})
+                                "val_every", "tensorboard", "stop_after", "quiet"})
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("bf16", "fp16", "off"),
@@ -125,6 +125,9 @@ class TrainConfig:
     fg_crop: float = 0.0
     sync_bn: bool = False
     log_every: int = 10
+    #: validate (and write the model checkpoints) every N epochs and after the last one; the
+    #: resume state is saved after every epoch either way
+    val_every: int = 1
     tensorboard: bool = False
     # ---- runtime only
     resume: str | None = None
@@ -151,7 +154,7 @@ class TrainConfig:
             if hasattr(self, name) and getattr(self, name) not in choices:
                 raise LandslideError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: "
                                      f"choose one of {', '.join(choices)}")
-        for name in ("epochs", "batch_size", "size"):
+        for name in ("epochs", "batch_size", "size", "val_every"):
             if getattr(self, name) < 1:
                 raise LandslideError(f"--{name.replace('_', '-')} must be >= 1")
         if self.num_workers is not None and self.num_workers < 0:

@@ -684,11 +684,18 @@ class FitLoop:
         means = {k: float(packed[j] / packed[-1]) for j, k in enumerate(names)}
         return EpochStats(means, float(packed[-1]), t0, time.perf_counter() - t0)
 
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) ends with validation: every ``val_every`` epochs
+        and always after the last one."""
+        done = epoch + 1
+        return done % max(1, self.cfg.val_every) == 0 or done >= self.epochs
+
     def end_epoch(self, epoch: int, stats: EpochStats) -> None:
         """Validate epoch ``epoch`` (0-based) and write its row, checkpoints and state."""
         task, run_dir = self.task, self.run_dir
         task.set_train(False)
-        val = task.validate(epoch + 1)
+        validated = self.validates(epoch)
+        val = task.validate(epoch + 1) if validated else {}
         seconds = time.perf_counter() - stats.started
         is_best = False
         if task.best_metric is not None and task.best_metric in val:
@@ -705,7 +712,9 @@ class FitLoop:
         rngs = _gather_rng(self.ctx)
         if self.main:
             self.log.log(row)
-            self.outputs = task.save_outputs(run_dir, epoch + 1, val, is_best, self.log.rows)
+            if validated:  # checkpoints carry the validation's threshold and metrics
+                self.outputs = task.save_outputs(run_dir, epoch + 1, val, is_best,
+                                                 self.log.rows)
             save_state(run_dir / STATE_FILE, {
                 "phase": self.cfg.phase, "epoch": epoch + 1, "step": self.step,
                 "best": self.best, "task": task.state_dict(), "rng_all": rngs,

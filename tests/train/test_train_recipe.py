@@ -59,6 +59,26 @@ def test_steps_levers_and_resume_equal_uninterrupted(run_cli, tiny_tiles, tmp_pa
     assert len(_rows(part)) == 2
 
 
+def test_val_every_validates_every_n_epochs_and_after_the_last(run_cli, tiny_tiles, tmp_path):
+    run = tmp_path / "run"
+    # 4 tiles, batch 2: 2 steps per epoch, 5 epochs, validation after epochs 2, 4 and 5
+    common = ["train", "segment", "--data", tiny_tiles, *TINY_SEGMENT, "--epochs", "5",
+              "--val-every", "2"]
+    res = run_cli(*common, "--out", run, "--stop-after", "1")
+    assert res.exit_code == 0, res.stderr
+    assert (run / "state.safetensors").is_file() and not (run / "last.safetensors").exists()
+    res = run_cli("train", "segment", "--resume", run, "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert [bool(r["val_iou"]) for r in rows] == [False, True, False, True, True]
+    meta = read_metadata(run / "last.safetensors")
+    assert meta.training["epoch"] == 5  # the last epoch always validates and saves
+    assert float(rows[-1]["val_threshold"]) == pytest.approx(meta.threshold)
+    res = run_cli(*common, "--out", tmp_path / "bad", "--val-every", "0")
+    assert res.exit_code != 0 and "--val-every" in res.stderr
+
+
 def test_bad_lever_values(run_cli, tiny_tiles, tmp_path):
     for flag, value in (("--sampling", "scene"), ("--fg-crop", "1.5"), ("--photometric", "-1"),
                         ("--steps", "0")):
