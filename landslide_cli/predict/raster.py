@@ -210,7 +210,7 @@ def prepare_tile(raw: np.ndarray, valid: np.ndarray | None, spec: InputSpec,
     Invalid pixels are set to 0 after normalization (the band mean), so nodata fill values do
     not leak extreme inputs into their valid neighbours' receptive fields.
     """
-    x = normalize(raw, spec)
+    x = normalize(raw, spec, valid)  # per-tile statistics over the valid pixels only
     if valid is not None:
         x[:, ~valid] = 0.0
     h, w = x.shape[1:]

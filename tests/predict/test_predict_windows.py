@@ -105,3 +105,27 @@ def test_stitcher_refuses_extra_windows_and_bad_overlap():
         st.add(None)
     with pytest.raises(LandslideError):
         GridLayout(10, 10, 16, 1.0)
+
+
+@pytest.mark.parametrize("normalization", ["fixed", "tile"])
+def test_nodata_fill_values_never_reach_valid_pixels(normalization):
+    """Whatever value nodata pixels hold, the model sees the same valid pixels: with per-tile
+    normalization the statistics come from the valid pixels only (as in training)."""
+    from landslide_cli.predict.raster import prepare_tile
+    from landslide_cli.preprocess import InputSpec
+
+    spec = InputSpec(normalization=normalization)
+    rng = np.random.default_rng(0)
+    raw = rng.integers(20, 200, (3, 12, 10)).astype(np.uint8)
+    valid = np.zeros((12, 10), bool)
+    valid[:, :6] = True
+    outs = []
+    for fill in (0, 255):
+        filled = raw.copy()
+        filled[:, ~valid] = fill
+        out = np.empty((3, 16, 16), np.float32)
+        prepare_tile(filled, valid, spec, 16, out)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    expected = spec.normalize(raw[:, :, :6])
+    np.testing.assert_allclose(outs[0][:, :12, :6], expected, rtol=1e-5, atol=1e-5)
