@@ -149,7 +149,7 @@ def load_checkpoint(path: str | Path) -> tuple[CheckpointMeta, dict[str, torch.T
     try:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises several exception types on corrupt data
-        raise CheckpointError(f"{path}: corrupt checkpoint ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({first_line(exc)})") from None
     return meta, tensors
 
 
@@ -225,7 +225,7 @@ def _open(path: Path) -> tuple[CheckpointMeta, Any]:
     except Exception as exc:
         raise CheckpointError(
             foreign_format_message(path)
-            or f"{path}: not a landslide checkpoint (unreadable safetensors: {_short(exc)})"
+            or f"{path}: not a landslide checkpoint (unreadable safetensors: {first_line(exc)})"
         ) from None
     if header.get("format") != FORMAT:
         raise CheckpointError(
@@ -240,6 +240,3 @@ def _open(path: Path) -> tuple[CheckpointMeta, Any]:
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON") from None
     return CheckpointMeta.from_dict(data, source=str(path)), handle
-
-
-_short = first_line

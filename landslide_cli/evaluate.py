@@ -35,7 +35,13 @@ from landslide_cli.metrics import (
     confusion_counts,
 )
 from landslide_cli.preprocess import normalize
-from landslide_cli.reporting import ProgressHandle, QuietReporter, Reporter, as_reporter
+from landslide_cli.reporting import (
+    ProgressBase,
+    ProgressHandle,
+    QuietReporter,
+    Reporter,
+    as_reporter,
+)
 from landslide_cli.safety import atomic_write, check_target
 
 log = logging.getLogger("landslide.eval")
@@ -374,7 +380,7 @@ def _prefetch(tiles: TileSet, *, skip_bad: bool, skipped: list[tuple[str, str]],
             yield i, image, mask
 
 
-class _CallbackProgress:
+class _CallbackProgress(ProgressBase):
     """A handle calling ``callback(done, total)`` (the deprecated ``progress=callable``)."""
 
     def __init__(self, callback: Callable[[int, int], None], total: int) -> None:
@@ -383,18 +389,6 @@ class _CallbackProgress:
     def advance(self, n: int = 1) -> None:
         self.done += n
         self.callback(self.done, self.total)
-
-    def describe(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _CallbackProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class _CallbackReporter:

@@ -57,8 +57,9 @@ class Reporter(Protocol):
         """Start a progress display of ``total`` units named ``label``."""
 
 
-class _Handle:
-    """Context-manager plumbing shared by the handles below."""
+class ProgressBase:
+    """A do-nothing progress handle with the context-manager plumbing; handles subclass it and
+    override what they show."""
 
     def advance(self, n: int = 1) -> None:
         pass
@@ -69,7 +70,7 @@ class _Handle:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> _Handle:
+    def __enter__(self) -> ProgressBase:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -87,10 +88,10 @@ class NullReporter:
         pass
 
     def progress(self, total: int, label: str) -> ProgressHandle:
-        return _Handle()
+        return ProgressBase()
 
 
-class _LoggedProgress(_Handle):
+class _LoggedProgress(ProgressBase):
     def __init__(self, logger: logging.Logger, total: int, label: str) -> None:
         self.logger, self.total, self.label, self.done = logger, total, label, 0
         self.closed = False
@@ -138,7 +139,7 @@ class QuietReporter:
         self.reporter.warn(msg)
 
     def progress(self, total: int, label: str) -> ProgressHandle:
-        return _Handle()
+        return ProgressBase()
 
 
 def as_reporter(reporter: Reporter | None) -> Reporter:
