@@ -274,8 +274,10 @@ def model_markdown(res: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- recipe
 
 
-def fold_split(data: Sources, heldout: str, *, seed: int, amu_val_scene: str) -> Any:
-    """Train/val from the other three sources (see the module docstring), test = held out."""
+def fold_split(data: Sources, heldout: str | None, *, seed: int, amu_val_scene: str) -> Any:
+    """Train/val from the other three sources (see the module docstring), test = held out.
+
+    ``heldout=None``: the split of a final model, over all four sources, no test tiles."""
     from landslide_cli.data.splits import SplitAssignment, make_split
 
     train_sources = [s for s in SOURCES if s != heldout]
@@ -289,10 +291,11 @@ def fold_split(data: Sources, heldout: str, *, seed: int, amu_val_scene: str) ->
             if m is None:
                 raise SystemExit(f"{x.image_path}: not an amu<scene>_<row>_<col> patch name")
             (val if m.group(1).upper() == amu_val_scene.upper() else train).append(x.key)
-    test = [x.key for x in data.samples(heldout)]
+    test = [x.key for x in data.samples(heldout)] if heldout else []
     return SplitAssignment(mode="loso", seed=seed, ratios=(0.8, 0.2, 0.0), train=sorted(train),
                            val=sorted(val), test=sorted(test),
-                           extra={"heldout": heldout, "train_sources": train_sources,
+                           extra={"heldout": heldout or "none",
+                                  "train_sources": train_sources,
                                   "amunet_val_scene": amu_val_scene.upper(),
                                   "rule": "random 80/20 per source (seeded); amunet_uav by "
                                           "scene; test = the held-out source"})
@@ -479,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--amunet-val-scene", default="A", choices=("A", "B", "C"),
                    help="amunet_uav scene used for validation when it is a training source")
+    p.add_argument("--write-full-split", type=Path, metavar="PATH",
+                   help="write the split of a final model over all four sources (same rule, no "
+                        "held-out source) to PATH and exit")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4, help="evaluation batch size")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
@@ -497,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     data = Sources(args.data)
+    if args.write_full_split:
+        _write_split(args.write_full_split, fold_split(data, None, seed=args.split_seed,
+                                                       amu_val_scene=args.amunet_val_scene))
+        say(f"wrote {args.write_full_split}")
+        return 0
     command = " ".join(["benchmarks/generalization.py", *(sys.argv[1:] if argv is None else argv)])
     results: dict[str, Any] = {"machine": machine(), "command": command, "data": str(args.data),
                                "folds": folds}

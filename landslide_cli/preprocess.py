@@ -30,6 +30,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: ``normalization`` values of an :class:`InputSpec`
 NORMALIZATIONS = ("fixed", "tile")
+#: percentiles of the training pixels recorded in a model's InputSpec (see
+#: :func:`reference_percentiles`)
+REFERENCE_PERCENTS = (0.5, 1.0, 2.0, 50.0, 98.0, 99.0, 99.5)
 #: floor of the per-tile standard deviation (scaled units: 2.55 levels of 8-bit data), so
 #: a flat tile is not amplified into noise
 TILE_STD_MIN = 0.01
@@ -50,6 +53,10 @@ class InputSpec:
         tile: the tile size the model was trained and is run at.
         normalization: ``fixed`` (``(raw / scale - mean) / std``) or ``tile`` (per-tile,
             per-band standardisation after ``raw / scale``; see the module docstring).
+        percentiles: per-band percentiles of the training pixels in raw units, keyed by the
+            percent as text (``{"2": [r, g, b], "98": [...]}``), or ``None`` (models made
+            before they were recorded). ``predict``/``eval`` map other radiometry (16-bit,
+            float reflectance) onto these; see :data:`REFERENCE_PERCENTS`.
     """
 
     bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
@@ -61,6 +68,7 @@ class InputSpec:
     resolution_m: list[float] | None = None
     tile: int = 512
     normalization: str = "fixed"
+    percentiles: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
@@ -79,6 +87,25 @@ class InputSpec:
             )
         if self.scale <= 0 or any(s <= 0 for s in self.std):
             raise LandslideError("input spec: scale and std must be positive")
+        if self.percentiles is not None:
+            clean: dict[str, list[float]] = {}
+            for key, values in self.percentiles.items():
+                try:
+                    pct = float(key)
+                except ValueError:
+                    pct = -1.0
+                if not 0.0 <= pct <= 100.0 or len(values) != n:
+                    raise LandslideError(
+                        f"input spec: percentiles[{key!r}] must be a percent in [0, 100] "
+                        f"with {n} per-band values")
+                clean[_percent_key(pct)] = [float(v) for v in values]
+            self.percentiles = dict(sorted(clean.items(), key=lambda kv: float(kv[0])))
+
+    def percentile(self, pct: float) -> list[float] | None:
+        """The recorded per-band ``pct`` percentile of the training pixels (raw units)."""
+        if not self.percentiles:
+            return None
+        return self.percentiles.get(_percent_key(pct))
 
     @property
     def num_bands(self) -> int:
@@ -138,3 +165,38 @@ def _normalize_tile(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None) 
     m = (x * w).sum(axis=(-2, -1), keepdims=True) / n
     s = np.sqrt((((x - m) ** 2) * w).sum(axis=(-2, -1), keepdims=True) / n)
     return ((x - m) / np.maximum(s, TILE_STD_MIN) * w).astype(np.float32)
+
+
+def _percent_key(pct: float) -> str:
+    return f"{float(pct):g}"
+
+
+def reference_percentiles(images: Any, *, percents: tuple[float, ...] = REFERENCE_PERCENTS,
+                          max_pixels: int = 2_000_000, seed: int = 0
+                          ) -> dict[str, list[float]]:
+    """Per-band percentiles over an iterable of (C, H, W) raw arrays (training tiles).
+
+    Pixels that are 0 in every band (the usual fill of padded tiles) are left out. Each
+    image contributes the same number of randomly drawn pixels (so 1024² tiles do not drown
+    128² patches), ``max_pixels`` in all; the result is keyed by percent as text.
+    """
+    arrays = list(images)
+    if not arrays:
+        raise LandslideError("reference percentiles: no images")
+    rng = np.random.default_rng(seed)
+    per = max(1, max_pixels // len(arrays))
+    samples = []
+    for a in arrays:
+        flat = np.asarray(a).reshape(a.shape[0], -1)
+        flat = flat[:, np.any(flat != 0, axis=0)]
+        if flat.shape[1] == 0:
+            continue
+        k = min(per, flat.shape[1])
+        idx = rng.choice(flat.shape[1], size=k, replace=False) if k < flat.shape[1] else None
+        samples.append(flat if idx is None else flat[:, idx])
+    if not samples:
+        raise LandslideError("reference percentiles: every pixel is 0 (fill)")
+    pix = np.concatenate(samples, axis=1).astype(np.float64)
+    values = np.percentile(pix, percents, axis=1)  # (P, C)
+    return {_percent_key(p): [round(float(v), 4) for v in row]
+            for p, row in zip(percents, values, strict=True)}

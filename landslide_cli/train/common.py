@@ -57,7 +57,23 @@ def input_spec_for(tiles: Any, cfg: TrainConfig, overrides: dict[str, Any] | Non
     data.update(overrides or {})
     if "tile" not in (overrides or {}):
         data["tile"] = cfg.size
-    return InputSpec.from_dict(data)
+    spec = InputSpec.from_dict(data)
+    if spec.percentiles is None and len(tiles):
+        spec.percentiles = training_percentiles(tiles, spec)
+    return spec
+
+
+def training_percentiles(tiles: Any, spec: InputSpec, *, max_tiles: int = 256
+                         ) -> dict[str, list[float]]:
+    """Per-band reference percentiles of (up to ``max_tiles`` evenly spaced) training tiles,
+    recorded in the model's InputSpec so that ``--rescale auto`` can map other radiometry
+    (16-bit, reflectance) onto what the model saw."""
+    from landslide_cli.preprocess import reference_percentiles
+
+    n = len(tiles)
+    step = max(1, -(-n // max_tiles))
+    images = (tiles.select_bands(tiles.read(i)[0], spec) for i in range(0, n, step))
+    return reference_percentiles(images, seed=0)
 
 
 def make_augment(cfg: TrainConfig) -> Any:
