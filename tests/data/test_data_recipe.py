@@ -119,3 +119,44 @@ def test_fg_crop_centres_on_landslide_pixels(tmp_path):
         plain.set_epoch(epoch)
         misses += int(plain[0]["mask"].sum()) == 0
     assert misses > 0  # without fg_crop most random crops miss the scar
+
+
+def test_reference_percentiles_skip_fill_and_weigh_images_equally():
+    from landslide_cli.preprocess import reference_percentiles
+
+    rng = np.random.default_rng(1)
+    small = rng.integers(100, 201, size=(3, 16, 16)).astype(np.uint8)   # 256 pixels
+    big = np.zeros((3, 64, 64), np.uint8)                               # 4096 pixels
+    big[:, :32] = rng.integers(1, 51, size=(3, 32, 64))                 # half fill (0)
+    pct = reference_percentiles([small, big], percents=(0.0, 50.0, 100.0), max_pixels=512)
+    assert list(pct) == ["0", "50", "100"]
+    # pixels that are 0 in every band are fill and never count; both images give 256 pixels
+    valid_big = big.reshape(3, -1)[:, np.any(big.reshape(3, -1) != 0, axis=0)]
+    assert all(v >= 0 for v in pct["0"])
+    assert pct["100"] == [float(small[c].max()) for c in range(3)]
+    # equal weight: the median sits between the two images' ranges (the big one has more
+    # valid pixels but contributes the same number)
+    assert all(40 <= v <= 110 for v in pct["50"]), pct["50"]
+    assert valid_big.shape[1] > 256
+
+
+def test_input_spec_percentiles_round_trip_and_validation():
+    spec = InputSpec(percentiles={"2": [1, 2, 3], "98.0": [200, 201, 202]})
+    assert spec.percentile(2) == [1.0, 2.0, 3.0] and spec.percentile(98) == [200.0, 201.0, 202.0]
+    assert spec.percentile(50) is None and InputSpec().percentile(2) is None
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(LandslideError, match="percentiles"):
+        InputSpec(percentiles={"2": [1, 2]})
+    with pytest.raises(LandslideError, match="percentiles"):
+        InputSpec(percentiles={"p2": [1, 2, 3]})
+
+
+def test_training_records_the_training_percentiles(tiles):
+    from landslide_cli.train import common
+    from landslide_cli.train.config import SegmentConfig
+
+    cfg = SegmentConfig(data=str(tiles.root), out="unused", size=32)
+    spec = common.input_spec_for(tiles, cfg)
+    assert spec.percentiles is not None and set(spec.percentiles) >= {"2", "50", "98"}
+    pix = np.concatenate([tiles.read(i)[0].reshape(3, -1) for i in range(len(tiles))], axis=1)
+    assert spec.percentile(50) == pytest.approx(np.percentile(pix, 50, axis=1), abs=8)
