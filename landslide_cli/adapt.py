@@ -10,8 +10,8 @@ the evaluated set, then the model predicts with them. PVTv2 normalizes with Laye
 the shipped models only the decoder's BatchNorms change.
 
 It works on a copy: the backend passed in, its model and the model file are never modified.
-Only the PyTorch backend has BatchNorm layers to adapt; an ONNX graph has them folded into its
-convolutions, and a baseline has none (one-line errors).
+Only the PyTorch backend has BatchNorm layers to adapt; an ONNX graph holds their statistics as
+constants (usually folded into the convolutions), and a baseline has none (one-line errors).
 
 Which data: :func:`choose_windows` picks windows of ``predict``'s own grid evenly (in row-major
 order, scene after scene) among those whose pixels are at least half valid, and
@@ -62,7 +62,7 @@ def check_adapt_request(model_ref: Any, backend: str = "auto") -> None:
     text = str(model_ref or "") if isinstance(model_ref, (str, os.PathLike)) else ""
     if str(backend or "").strip().lower() == "onnx" or text.lower().endswith(".onnx"):
         raise LandslideError("--adapt-bn needs the torch backend (an ONNX graph has its "
-                             "BatchNorm statistics folded in): use --backend torch with the "
+                             "BatchNorm statistics as constants): use --backend torch with the "
                              ".safetensors checkpoint")
     if text.strip().lower().startswith("baseline:"):
         raise LandslideError(f"--adapt-bn: {text} is a weight-free baseline without BatchNorm "
