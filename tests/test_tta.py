@@ -238,7 +238,6 @@ def test_cli_predict_tta_d4_is_recorded(run_cli, tiny_checkpoint, tmp_path):
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["tta"] == "d4" and summary["adapt_bn"] is None
-    assert summary["backend"] == "torch"
     runs = pyogrio.read_dataframe(out, layer="runs")
     assert runs.tta.iloc[0] == "d4" and int(runs.adapt_bn_windows.iloc[0]) == 0
     res = run_cli("predict", scene, "--out", tmp_path / "x.gpkg", "--model", tiny_checkpoint,
@@ -274,7 +273,7 @@ def test_cli_eval_tta_d4_on_non_square_tiles(run_cli, tiny_checkpoint, tmp_path)
     assert "TTA d4" in res.stdout
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["model"]["tta"] == "d4" and report["model"]["adapt_bn"] is None
-    assert report["model"]["backend"] == "torch" and report["tiles"] == 3
+    assert report["tiles"] == 3
 
 
 def test_evaluate_tta_equals_hand_computed_average(tmp_path):
