@@ -34,6 +34,17 @@ Three kinds of table, each printed as Markdown (paste into docs/benchmarks.md):
   a fold whose run finished is not retrained (its held-out score is cached in
   ``OUT/heldout-<source>/heldout.json``, keyed by the checkpoint's sha256), a killed fold
   continues from its last completed epoch (``train segment --resume``).
+* **Few-shot adaptation** (``--few-shot``, with a recipe): after a fold's model is trained, it
+  is fine-tuned with ``train segment --preset few-shot --init <fold checkpoint>`` (whole model,
+  ``--few-shot-steps``, default the preset's 300) on the held-out source's few-shot *train*
+  tiles of the committed split ``benchmarks/splits/few-shot.json`` (its rule is written in it:
+  7 of 36 Sichuan and Bijie tiles, 8 of 20 Hokkaido tiles, AMU-Net scene B), and scored on that
+  source's few-shot *test* tiles, beside the fold model (zero-shot) on the same test tiles.
+  Validation (``--few-shot-val``): ``train`` (default) re-picks the threshold (best F1) on the
+  few-shot train tiles after fine-tuning, the only labels of the new source a user has;
+  ``none`` keeps the fold model's threshold. Cached in ``OUT/heldout-<source>/few-shot.json``
+  (keyed by both checkpoints' and the split file's sha256); the run folder
+  ``OUT/heldout-<source>/few-shot`` resumes like a fold.
 * **An existing model** (``--model NAME_OR_PATH``, e.g. the shipped ``landslide-pvtb0-dcf-v1``):
   evaluated at its own threshold on every selected source its metadata says it was *not*
   trained or validated on (``--include-seen`` adds the others, flagged as in-domain).
@@ -46,6 +57,7 @@ Usage::
     python benchmarks/generalization.py --steps 1500 --out runs/loso --json loso.json
     python benchmarks/generalization.py --steps 5 --folds hokkaido --set size=64 \\
         --out /tmp/loso-smoke --no-baseline                              # smoke test
+    python benchmarks/generalization.py --steps 1500 --few-shot --out runs/loso  # + few-shot
 
 Keep ``OMP_NUM_THREADS`` at the machine's free cores. Not a test: nothing here runs in CI.
 """
@@ -72,6 +84,14 @@ SOURCES = ("sichuan", "bijie", "hokkaido", "amunet_uav")
 V1_SOURCES = ("sichuan", "bijie", "hokkaido")
 AMU = "amunet_uav"
 AMU_STEM = re.compile(r"^amu([A-Za-z])_\d+_\d+$")
+#: the committed few-shot split (``--write-few-shot-split`` makes it from :func:`few_shot_split`)
+FEW_SHOT_SPLIT = REPO / "benchmarks" / "splits" / "few-shot.json"
+#: few-shot training tiles per source: a fraction of the tiles or a count (seeded draw);
+#: amunet_uav: the scene :data:`FEW_SHOT_AMU_SCENE`
+FEW_SHOT_TRAIN: dict[str, float | int] = {"sichuan": 0.2, "bijie": 0.2, "hokkaido": 8}
+FEW_SHOT_AMU_SCENE = "B"
+#: ``val_every`` of a few-shot run: validate (pick the threshold) only after the last epoch
+VAL_ONCE = 10**9
 BINS = 1000
 METRICS = ("iou", "precision", "recall", "f1")
 
@@ -106,6 +126,16 @@ class Sources:
 
     def samples(self, source: str) -> list[Any]:
         return list(self.tiles(source).samples)
+
+    def subset(self, keys: list[str]) -> Any:
+        """The tiles whose ``region/name`` keys are ``keys``; a key not found is an error."""
+        wanted = set(keys)
+        idx = [i for i, s in enumerate(self.all.samples) if s.key in wanted]
+        if len(idx) != len(wanted):
+            found = {self.all.samples[i].key for i in idx}
+            raise SystemExit(f"{self.root}: {len(wanted - found)} key(s) of the split are not "
+                             f"there (e.g. {sorted(wanted - found)[0]})")
+        return self.all.subset(idx)
 
 
 def scores(cm: Any) -> dict[str, float]:
@@ -314,6 +344,50 @@ def _write_split(path: Path, split: Any) -> None:
     save_split_file(path, split, dataset="folder")
 
 
+def few_shot_split(data: Sources, *, seed: int = 0) -> Any:
+    """The few-shot split of every source: ``train`` = the few labelled tiles a user of a new
+    source would have, ``test`` = the rest of that source, ``val`` empty (the rule below)."""
+    import random
+
+    from landslide_cli.data.splits import SplitAssignment
+
+    train: list[str] = []
+    test: list[str] = []
+    sources: dict[str, dict[str, Any]] = {}
+    for src in SOURCES:
+        keys = sorted(x.key for x in data.samples(src))
+        if src == AMU:
+            chosen = [k for k in keys if _amu_scene(k) == FEW_SHOT_AMU_SCENE]
+            how = f"scene {FEW_SHOT_AMU_SCENE}"
+        else:
+            want = FEW_SHOT_TRAIN[src]
+            n = round(len(keys) * want) if isinstance(want, float) else int(want)
+            order = list(keys)
+            random.Random(f"few-shot:{seed}:{src}").shuffle(order)
+            chosen = sorted(order[:n])
+            how = f"{n} of {len(keys)} drawn"
+        train += chosen
+        test += [k for k in keys if k not in set(chosen)]
+        sources[src] = {"tiles": len(keys), "train": len(chosen),
+                        "test": len(keys) - len(chosen), "train_rule": how}
+    rule = ("per source: the few-shot train tiles, the rest of the source test (val empty). "
+            "sichuan, bijie: round(n / 5) tiles, hokkaido: 8 tiles, each the first ones of the "
+            "source's keys (sorted) shuffled by Python's random.Random('few-shot:<seed>:"
+            "<source>'); amunet_uav: every patch of scene B (stem amuB_<row>_<col>) trains, "
+            "scenes A and C test (never at random: neighbouring patches touch). Made by "
+            "benchmarks/generalization.py --write-few-shot-split; ratios are nominal")
+    return SplitAssignment(mode="few-shot", seed=seed, ratios=(0.2, 0.0, 0.8),
+                           train=sorted(train), val=[], test=sorted(test),
+                           extra={"rule": rule, "sources": sources})
+
+
+def _amu_scene(key: str) -> str:
+    m = AMU_STEM.match(key.split("/", 1)[-1])
+    if m is None:
+        raise SystemExit(f"{key}: not an amu<scene>_<row>_<col> patch name")
+    return m.group(1).upper()
+
+
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """Batches per epoch of ``train segment`` on one process (drop_last when n >= batch)."""
     return n_train // batch_size if n_train >= batch_size else 1
@@ -406,9 +480,86 @@ def run_recipe(args: argparse.Namespace, data: Sources, folds: list[str]) -> dic
         rows[src] = row
         say(f"[{src}] IoU {100 * row['iou']:.1f} at threshold {row['threshold']:.3f}, "
             f"{row['steps']} steps, {row['seconds_per_step']} s/step")
-    return {"recipe": str(args.recipe), "overrides": sets, "steps_requested": args.steps,
-            "checkpoint": args.checkpoint, "out": str(out_dir), "folds": rows,
-            "mean": mean_row(rows) if len(rows) == len(folds) else {}}
+        if args.few_shot:
+            few = run_few_shot(args, data, src, ckpt, fold_dir, num_workers=cfg.num_workers)
+            if few is not None:
+                row["few_shot"] = few
+    out: dict[str, Any] = {"recipe": str(args.recipe), "overrides": sets,
+                           "steps_requested": args.steps, "checkpoint": args.checkpoint,
+                           "out": str(out_dir), "folds": rows,
+                           "mean": mean_row(rows) if len(rows) == len(folds) else {}}
+    if args.few_shot:
+        few_rows = {s: r["few_shot"] for s, r in rows.items() if "few_shot" in r}
+        out["few_shot"] = {
+            "split_file": str(args.few_shot_split), "steps_requested": args.few_shot_steps,
+            "val": args.few_shot_val,
+            "mean": {k: mean_row({s: r[k] for s, r in few_rows.items()})
+                     for k in ("zero_shot", "few_shot")} if len(few_rows) == len(folds) else {}}
+    return out
+
+
+def run_few_shot(args: argparse.Namespace, data: Sources, src: str, ckpt: Path, fold_dir: Path,
+                 *, num_workers: int | None) -> dict[str, Any] | None:
+    """Fine-tune the fold model ``ckpt`` on ``src``'s few-shot train tiles (preset few-shot),
+    score it and the fold model on ``src``'s few-shot test tiles (see the module docstring)."""
+    from landslide_cli.checkpoint import file_sha256, read_metadata
+    from landslide_cli.cli.reporting import cli_reporter
+    from landslide_cli.data.splits import load_split_file
+    from landslide_cli.evaluate import evaluate
+    from landslide_cli.train.config import SegmentConfig, resolve_config
+    from landslide_cli.train.engine import STATE_FILE
+    from landslide_cli.train.segment import train_segment
+
+    split_path = Path(args.few_shot_split).resolve()
+    split = load_split_file(split_path)
+    train = [k for k in split.train if k.split("/", 1)[0] == src]
+    test = [k for k in split.test if k.split("/", 1)[0] == src]
+    if not train or not test:
+        raise SystemExit(f"{split_path}: no few-shot train or test tiles of {src}")
+    fs_dir = fold_dir / "few-shot"
+    fold_sha = file_sha256(ckpt)
+    last = fs_dir / "last.safetensors"
+    if last.is_file() and read_metadata(last).training.get("init", {}).get("sha256") != fold_sha:
+        raise SystemExit(f"{fs_dir} fine-tuned another model than {ckpt}; remove it to redo")
+    if (fs_dir / STATE_FILE).is_file():
+        cfg = resolve_config(SegmentConfig, {"resume": str(fs_dir),
+                                             "steps": args.few_shot_steps,
+                                             "device": args.device, "quiet": args.quiet or None})
+    else:
+        say(f"[{src}] few-shot: fine-tuning on {len(train)} tiles, {args.few_shot_steps} steps")
+        cfg = resolve_config(SegmentConfig, {
+            "preset": "few-shot", "init": str(ckpt), "data": str(data.root),
+            "dataset": "folder", "split_file": str(split_path), "regions": [src],
+            "train_split": "train", "val_split": args.few_shot_val, "val_every": VAL_ONCE,
+            "steps": args.few_shot_steps, "num_workers": num_workers,
+            "name": f"loso-heldout-{src}-few-shot", "out": str(fs_dir), "device": args.device,
+            "quiet": args.quiet or None})
+    t0 = time.perf_counter()
+    result = train_segment(cfg, reporter=cli_reporter(args.quiet))
+    if not result.finished:
+        say(f"[{src}] few-shot run stopped before the end; run again to resume")
+        return None
+    key = {"sha256": fold_sha, "few_shot_sha256": file_sha256(last),
+           "split_sha256": file_sha256(split_path)}
+    cache = fold_dir / "few-shot.json"
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if {k: cached.get(k) for k in key} == key:
+        say(f"[{src}] few-shot scores cached in {cache}")
+        return dict(cached["row"])
+    tiles = data.subset(test)
+    zero = evaluate(str(ckpt), tiles, device=args.device, batch_size=args.batch_size, bins=BINS)
+    few = evaluate(str(last), tiles, device=args.device, batch_size=args.batch_size, bins=BINS)
+    meta = read_metadata(last)
+    row = {"train_tiles": len(train), "test_tiles": len(tiles), "val": args.few_shot_val,
+           "steps": int(meta.training.get("steps_done") or 0),
+           "test_landslide_share": positive_share(few),
+           "zero_shot": {"threshold": zero.threshold, **scores(zero.overall)},
+           "few_shot": {"threshold": few.threshold, **scores(few.overall)},
+           "seconds": round(time.perf_counter() - t0, 1)}
+    cache.write_text(json.dumps({**key, "row": row}, indent=1) + "\n")
+    say(f"[{src}] few-shot IoU {100 * row['few_shot']['iou']:.1f} (zero-shot "
+        f"{100 * row['zero_shot']['iou']:.1f}) on {len(tiles)} test tiles")
+    return row
 
 
 def recipe_markdown(res: dict[str, Any]) -> str:
@@ -425,7 +576,37 @@ def recipe_markdown(res: dict[str, Any]) -> str:
                      f"{r['steps']} ({r['epochs']}) | {r['seconds_per_step']:.2f} | "
                      f"{r['threshold']:.3f} | {_pcts(r)} | {100 * r['oracle_iou']:.1f} |")
     lines.append(_mean_line(res["mean"], len(res["folds"]), 5, extra=1))
+    if "few_shot" in res:
+        lines += ["", few_shot_markdown(res)]
     return "\n".join(lines) + "\n"
+
+
+def few_shot_markdown(res: dict[str, Any]) -> str:
+    fs = res["few_shot"]
+    rows = {s: r["few_shot"] for s, r in res["folds"].items() if "few_shot" in r}
+    lines = [f"**few-shot** (`train segment --preset few-shot --init <fold model>`, "
+             f"{fs['steps_requested']} steps requested) on the few-shot train tiles of "
+             f"`{Path(fs['split_file']).name}`, threshold "
+             + ("re-picked on those tiles" if fs["val"] == "train" else "the fold model's")
+             + "; both models scored on the same few-shot test tiles", "",
+             "| held-out source | few-shot train / test tiles | steps | zero-shot IoU, all tiles "
+             "| zero-shot threshold, IoU | few-shot threshold, IoU | few-shot precision | "
+             "recall | F1 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for src, r in rows.items():
+        z, f = r["zero_shot"], r["few_shot"]
+        lines.append(f"| {src} | {r['train_tiles']} / {r['test_tiles']} | {r['steps']} | "
+                     f"{100 * res['folds'][src]['iou']:.1f} | {z['threshold']:.3f}, "
+                     f"{100 * z['iou']:.1f} | {f['threshold']:.3f}, {100 * f['iou']:.1f} | "
+                     f"{100 * f['precision']:.1f} | {100 * f['recall']:.1f} | "
+                     f"{100 * f['f1']:.1f} |")
+    if fs["mean"]:
+        z, f = fs["mean"]["zero_shot"], fs["mean"]["few_shot"]
+        n = f"{len(rows)} source{'s' if len(rows) != 1 else ''}"
+        lines.append(f"| **mean ({n})** | | | **{100 * res['mean']['iou']:.1f}** "
+                     f"| **{100 * z['iou']:.1f}** | **{100 * f['iou']:.1f}** | "
+                     f"**{100 * f['precision']:.1f}** | **{100 * f['recall']:.1f}** | "
+                     f"**{100 * f['f1']:.1f}** |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- main
@@ -485,6 +666,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-full-split", type=Path, metavar="PATH",
                    help="write the split of a final model over all four sources (same rule, no "
                         "held-out source) to PATH and exit")
+    p.add_argument("--few-shot", action="store_true",
+                   help="also fine-tune each fold's model on the held-out source's few-shot "
+                        "train tiles and score both on its few-shot test tiles")
+    p.add_argument("--few-shot-steps", type=int, default=None,
+                   help="steps of the few-shot fine-tuning (default: the preset's, 300)")
+    p.add_argument("--few-shot-split", type=Path, default=FEW_SHOT_SPLIT,
+                   help="few-shot split file (default: %(default)s)")
+    p.add_argument("--few-shot-val", choices=("train", "none"), default="train",
+                   help="train: re-pick the threshold on the few-shot train tiles after "
+                        "fine-tuning (default); none: keep the fold model's")
+    p.add_argument("--write-few-shot-split", type=Path, metavar="PATH",
+                   help="write the few-shot split of all four sources to PATH and exit")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4, help="evaluation batch size")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
@@ -498,6 +691,15 @@ def main(argv: list[str] | None = None) -> int:
         tune_allocator()  # as `landslide train` does: several times faster on some VMs
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
+    if args.few_shot_steps is None:
+        from landslide_cli.train.presets import get_preset
+
+        args.few_shot_steps = int(get_preset("few-shot", "segment").values["steps"])
+    if args.few_shot_steps < 1:
+        raise SystemExit("--few-shot-steps must be >= 1")
+    if args.few_shot and (args.model or args.baseline_only):
+        raise SystemExit("--few-shot fine-tunes the models of a recipe's folds: not with "
+                         "--model or --baseline-only")
     folds = _csv(args.folds, SOURCES, "folds")
     names = _csv(args.baselines, BASELINES.names(), "baselines")
 
@@ -507,6 +709,10 @@ def main(argv: list[str] | None = None) -> int:
         _write_split(args.write_full_split, fold_split(data, None, seed=args.split_seed,
                                                        amu_val_scene=args.amunet_val_scene))
         say(f"wrote {args.write_full_split}")
+        return 0
+    if args.write_few_shot_split:
+        _write_split(args.write_few_shot_split, few_shot_split(data, seed=args.split_seed))
+        say(f"wrote {args.write_few_shot_split}")
         return 0
     command = " ".join(["benchmarks/generalization.py", *(sys.argv[1:] if argv is None else argv)])
     results: dict[str, Any] = {"machine": machine(), "command": command, "data": str(args.data),

@@ -6,6 +6,11 @@ validated with :mod:`landslide_cli.metrics`; ``last.safetensors`` and ``best.saf
 validation landslide IoU at threshold 0.5) are self-describing segmentation checkpoints that
 ``predict``, ``eval`` and ``export`` load unchanged, with the best-F1 threshold of validation
 stored as the model's decision threshold.
+
+``--init`` starts the backbone from a phase-1 checkpoint, or the whole model from a segmentation
+checkpoint (or shipped model name): then architecture, InputSpec and, without validation, the
+threshold are the init model's (:func:`adopt_init_model`, :func:`init_input`); ``--preset
+few-shot`` (:mod:`landslide_cli.train.presets`) is the schedule for a few tiles.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from landslide_cli.train.engine import (
     worker_errors,
 )
 from landslide_cli.train.losses import SegmentationLoss
+from landslide_cli.train.presets import Preset
 from landslide_cli.train.result import TrainResult
 from landslide_cli.zoo.segmenter import Segmenter
 from landslide_cli.zoo.spec import Architecture
@@ -53,9 +59,12 @@ class SegmentTask(TrainTask):
 
     def __init__(self, cfg: SegmentConfig, ctx: DistContext, *, model: Segmenter,
                  spec: InputSpec, train_tiles: Any, val_tiles: Any | None,
-                 init_info: dict[str, Any]) -> None:
+                 init_info: dict[str, Any], default_threshold: float = 0.5) -> None:
         super().__init__(cfg, ctx)
         self.cfg: SegmentConfig = cfg
+        #: decision threshold when validation cannot pick one (no validation tiles, or none
+        #: with landslide pixels): 0.5, or the threshold of a segmentation model given to --init
+        self.default_threshold = default_threshold
         dev = ctx.device
         self.spec = spec
         self.train_tiles = train_tiles
@@ -163,7 +172,7 @@ class SegmentTask(TrainTask):
         for h in per_region.values():
             total += h
         best = total.best_f1()
-        threshold = best["threshold"] if total.pos.sum() > 0 else 0.5
+        threshold = best["threshold"] if total.pos.sum() > 0 else self.default_threshold
         at_half = total.at(0.5).compute()
         at_t = total.at(threshold).compute()
         out: dict[str, float] = {k: at_half[k] for k in VAL_KEYS}
@@ -224,7 +233,8 @@ class SegmentTask(TrainTask):
         last = history[-1] if history else {}
         losses = {k[len("train_"):]: float(v) for k, v in last.items()
                   if k.startswith("train_")}
-        threshold = float(val.get("overall", {}).get("threshold", 0.5)) if val else 0.5
+        threshold = (float(val.get("overall", {}).get("threshold", self.default_threshold))
+                     if val else self.default_threshold)
         return CheckpointMeta(
             kind="segmenter",
             name=cfg.name or Path(run_dir).name,
@@ -252,6 +262,7 @@ class SegmentTask(TrainTask):
                             "photometric": cfg.photometric, "fg_crop": cfg.fg_crop},
                 "sampling": cfg.sampling,
                 "init": self.init_info,
+                "preset": cfg.preset,
                 "seed": cfg.seed,
                 "amp": ("bf16-cpu" if self.ctx.device.type == "cpu" else cfg.amp)
                 if self.dtype is not None else "off",
@@ -289,7 +300,7 @@ def resolve_init(ref: str | Path) -> Path:
 
     An existing file is used as is; an existing folder (a ``landslide train distill`` run
     folder) gives its ``last.safetensors``; only a path that does not exist is looked up among
-    the shipped model names.
+    the shipped model names (as ``--model`` of ``eval`` and ``predict``).
     """
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -303,23 +314,51 @@ def resolve_init(ref: str | Path) -> Path:
         return path
     from landslide_cli.zoo.loading import shipped_models
 
-    shipped = shipped_models().get(str(ref))
-    if shipped is not None:
-        return shipped
-    raise CheckpointError(f"--init {ref}: checkpoint not found (neither a file nor a run "
-                          "folder)")
+    shipped = shipped_models()
+    if str(ref) in shipped:
+        return shipped[str(ref)]
+    raise CheckpointError(f"--init {ref}: checkpoint not found (neither a file, a run folder "
+                          f"nor a shipped model: {', '.join(shipped) or 'none bundled'})")
+
+
+def _check_weights(prefix: str, what: str, own: dict[str, torch.Tensor],
+                   state: dict[str, torch.Tensor]) -> None:
+    """Raise one line unless ``state`` has exactly the tensors (names, shapes) of ``own``."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        why = f"{k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+    elif missing:
+        why = f"{len(missing)} tensors missing (e.g. {missing[0]})"
+    else:
+        why = f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
+    raise CheckpointError(f"{prefix}: weights do not fit {what}: {why}")
 
 
 def load_init(path: str | Path, model: Segmenter) -> dict[str, Any]:
-    """Load a phase-1 backbone checkpoint into ``model.backbone``, or raise one line."""
+    """Load ``--init``: a phase-1 backbone checkpoint into ``model.backbone``, or a segmentation
+    checkpoint into the whole ``model`` (built with its architecture); raise one line."""
+    from landslide_cli.checkpoint import file_sha256
     from landslide_cli.zoo.registries import BACKBONES
 
     path = Path(path)
     meta, state = load_checkpoint(path)
     prefix = f"incompatible --init {path}"
+    if meta.kind == "segmenter":
+        _check_weights(prefix, f"{model.arch.spec} (width {model.arch.decoder_width})",
+                       model.state_dict(), state)
+        model.load_state_dict(state)
+        return {"from": "segmenter", "path": str(path), "name": meta.name,
+                "sha256": file_sha256(path), "architecture": meta.arch.to_dict(),
+                "threshold": meta.threshold}
     if meta.kind != "backbone":
         raise CheckpointError(f"{prefix}: it is a {meta.kind} checkpoint; expected a backbone "
-                              "checkpoint from `landslide train distill`")
+                              "checkpoint from `landslide train distill` or a segmentation "
+                              "model")
     try:
         theirs = BACKBONES.resolve(meta.arch.backbone)
     except LandslideError:
@@ -327,22 +366,71 @@ def load_init(path: str | Path, model: Segmenter) -> dict[str, Any]:
     if theirs != model.arch.backbone:
         raise CheckpointError(f"{prefix}: backbone {theirs}, but this run trains "
                               f"{model.arch.backbone}")
-    own = model.backbone.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        if shapes:
-            k = shapes[0]
-            what = f"{k} has shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
-        elif missing:
-            what = f"{len(missing)} tensors missing (e.g. {missing[0]})"
-        else:
-            what = f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})"
-        raise CheckpointError(f"{prefix}: weights do not fit {model.arch.backbone}: {what}")
+    _check_weights(prefix, model.arch.backbone, model.backbone.state_dict(), state)
     model.backbone.load_state_dict(state)
     return {"from": "distill", "path": str(path), "name": meta.name,
             "teacher": meta.training.get("teacher"), "method": meta.training.get("method")}
+
+
+#: architecture fields that a segmentation ``--init`` fixes, with their flags
+ARCH_FIELDS = {"backbone": "--backbone", "decoder": "--decoder",
+               "decoder_width": "--decoder-width"}
+
+
+def adopt_init_model(cfg: SegmentConfig, meta: CheckpointMeta, *,
+                     preset: Preset | None = None) -> None:
+    """Make ``cfg`` describe fine-tuning the segmentation model ``meta`` (an ``--init``).
+
+    The architecture comes from the model: a backbone, decoder or width that a config file or a
+    flag gives must be the model's (one-line error otherwise). With a ``preset``, its
+    :attr:`~landslide_cli.train.presets.Preset.inherit` fields (crop size, augmentations,
+    sampling) that were not given take the values recorded in the model's training metadata.
+    ``cfg`` is changed in place, so ``config.yaml`` records what the run uses.
+    """
+    from landslide_cli.train.config import given_options
+    from landslide_cli.train.presets import inherited_value
+    from landslide_cli.zoo.registries import BACKBONES, DECODERS
+
+    given = given_options(cfg)
+    arch = meta.arch
+
+    def canon(name: str, value: Any) -> Any:
+        registry = {"backbone": BACKBONES, "decoder": DECODERS}.get(name)
+        if registry is None:
+            return value
+        try:
+            return registry.resolve(str(value))
+        except LandslideError:
+            return value
+
+    theirs = {name: canon(name, getattr(arch, name)) for name in ARCH_FIELDS}
+    for name, flag in ARCH_FIELDS.items():
+        if name in given and canon(name, getattr(cfg, name)) != theirs[name]:
+            raise CheckpointError(
+                f"incompatible --init {cfg.init}: it is a {arch.spec} model of decoder width "
+                f"{arch.decoder_width}, not {flag} {getattr(cfg, name)} (leave {flag} out to "
+                "fine-tune it)")
+        setattr(cfg, name, theirs[name])
+    if preset is not None:
+        for name in preset.inherit:
+            value = inherited_value(meta.training, name)
+            if name not in given and value is not None:
+                setattr(cfg, name, value)
+    cfg.validate()
+
+
+def init_input(cfg: SegmentConfig, meta: CheckpointMeta) -> dict[str, Any]:
+    """The InputSpec fields of a run that fine-tunes the segmentation model ``meta``: the
+    model's (bands, scale, mean/std, normalization, tile, percentiles, ...) with the run's
+    ``input`` overrides on top; a band count other than the model's is a one-line error."""
+    out = {**meta.input, **(cfg.input or {})}
+    bands = out.get("bands") or []
+    if len(bands) != meta.arch.in_chans:
+        raise CheckpointError(
+            f"incompatible --init {cfg.init}: the model takes {meta.arch.in_chans} band(s) "
+            f"({', '.join(meta.input.get('bands') or [])}), the input options give "
+            f"{len(bands)}")
+    return out
 
 
 def build_segment_task(cfg: SegmentConfig, ctx: DistContext, *,
@@ -350,11 +438,11 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext, *,
     """Validate data and --init, build the model (no files written)."""
     import landslide_cli.zoo  # noqa: F401 - registration
     from landslide_cli.checkpoint import read_metadata
+    from landslide_cli.train.presets import get_preset
     from landslide_cli.zoo.registries import BACKBONES, DECODERS
     from landslide_cli.zoo.segmenter import build_segmenter
 
-    backbone = BACKBONES.resolve(cfg.backbone)
-    decoder = DECODERS.resolve(cfg.decoder)
+    preset = get_preset(cfg.preset, cfg.phase) if cfg.preset else None
     train_tiles = common.open_split(cfg, cfg.train_split, what="training")
     val_tiles = None
     if cfg.val_split.lower() != "none":
@@ -364,15 +452,32 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext, *,
         # the file, not the folder, goes into config.yaml and the checkpoint metadata
         cfg.init = str(resolve_init(cfg.init))
     init_meta = read_metadata(cfg.init) if cfg.init else None
-    if init_meta is not None and init_meta.kind == "backbone" and not cfg.input:
+    if preset is not None and preset.requires_init and (
+            init_meta is None or init_meta.kind != "segmenter"):
+        raise LandslideError(
+            f"--preset {preset.name} fine-tunes a trained segmentation model: give --init a "
+            "segmentation checkpoint or a shipped model name"
+            + (f" ({cfg.init} is a {init_meta.kind} checkpoint)" if init_meta else ""))
+    from_model = init_meta is not None and init_meta.kind == "segmenter"
+    if from_model:
+        adopt_init_model(cfg, init_meta, preset=preset)  # type: ignore[arg-type]
+        overrides = init_input(cfg, init_meta)  # type: ignore[arg-type]
+    elif init_meta is not None and init_meta.kind == "backbone" and not cfg.input:
         # keep the normalisation the backbone was distilled with
         overrides = {k: v for k, v in init_meta.input.items() if k != "tile"}
-    spec = common.input_spec_for(train_tiles, cfg, overrides)
+    backbone = BACKBONES.resolve(cfg.backbone)
+    decoder = DECODERS.resolve(cfg.decoder)
     hint = train_tiles.input_spec_hint
-    if hint.num_bands != spec.num_bands:
+    bands = list(overrides.get("bands") or hint.bands)
+    if hint.num_bands != len(bands):  # (before the training percentiles read the tiles)
         raise LandslideError(f"the data has {hint.num_bands} band(s) but the model input "
-                             f"has {spec.num_bands} ({', '.join(spec.bands)})"
+                             f"has {len(bands)} ({', '.join(bands)})"
                              + (f"; incompatible --init {cfg.init}" if init_meta else ""))
+    spec = common.input_spec_for(train_tiles, cfg, overrides)
+    if from_model and reporter is not None and "scale" not in (cfg.input or {}) and (
+            hint.scale != spec.scale):
+        reporter.warn(f"the data set suggests input scale {hint.scale:g}, the --init model "
+                      f"divides by {spec.scale:g} (kept; `input: {{scale: ...}}` changes it)")
     arch = Architecture(backbone=backbone, decoder=decoder, decoder_width=cfg.decoder_width,
                         num_classes=2, in_chans=spec.num_bands)
     seed_everything(cfg.seed)
@@ -384,7 +489,8 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext, *,
     else:
         init_info = {"from": "random"}
     return SegmentTask(cfg, ctx, model=model, spec=spec, train_tiles=train_tiles,
-                       val_tiles=val_tiles, init_info=init_info)
+                       val_tiles=val_tiles, init_info=init_info,
+                       default_threshold=init_meta.threshold if from_model else 0.5)
 
 
 def train_segment(cfg: SegmentConfig, *, reporter: Reporter | None = None) -> TrainResult:

@@ -201,10 +201,12 @@ def test_pretrained_teacher_offline_without_weights(run_cli, tiny_tiles, tmp_pat
 
 def test_incompatible_init(run_cli, tiny_tiles, tiny_checkpoint, distilled, tmp_path):
     run = tmp_path / "r"
+    # a segmentation model fine-tunes whole (tests/train/test_train_fewshot.py), in its own
+    # architecture only
     res = run_cli("train", "segment", "--data", tiny_tiles, "--out", run, "--init",
-                  tiny_checkpoint, *TINY_SEGMENT)
+                  tiny_checkpoint, *TINY_SEGMENT, "--decoder", "unet")
     assert res.exit_code == 1 and "incompatible --init" in res.stderr
-    assert "segmenter checkpoint" in res.stderr
+    assert "it is a pvt_v2_b0+dcf model" in res.stderr
     _no_run(run)
     res = run_cli("train", "segment", "--data", tiny_tiles, "--out", run, "--init",
                   distilled / "last.safetensors", "--backbone", "pvt_v2_b1", *TINY_SEGMENT)
