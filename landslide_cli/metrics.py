@@ -82,25 +82,29 @@ def pixel_metrics(tp: int, fp: int, fn: int, tn: int,
 
     Keys: ``iou``, ``precision``, ``recall``, ``f1`` (landslide class), ``background_iou``,
     ``background_precision``, ``background_recall``, ``background_f1``, ``miou`` (mean of the two
-    IoUs), ``oa`` (overall accuracy), ``mean_f1`` (class-mean F1, the CAS/KDA "F1").
+    IoUs), ``oa`` (overall accuracy), ``mean_f1`` (class-mean F1, the CAS/KDA "F1"),
+    ``mean_precision`` (class-mean precision: mean of the landslide and background precision,
+    the KDA paper's "precision").
     """
     z = zero_division
     iou = _div(tp, tp + fp + fn, z)
     bg_iou = _div(tn, tn + fn + fp, z)
     f1 = _div(2 * tp, 2 * tp + fp + fn, z)
     bg_f1 = _div(2 * tn, 2 * tn + fp + fn, z)
+    precision, bg_precision = _div(tp, tp + fp, z), _div(tn, tn + fn, z)
     return {
         "iou": iou,
-        "precision": _div(tp, tp + fp, z),
+        "precision": precision,
         "recall": _div(tp, tp + fn, z),
         "f1": f1,
         "background_iou": bg_iou,
-        "background_precision": _div(tn, tn + fn, z),
+        "background_precision": bg_precision,
         "background_recall": _div(tn, tn + fp, z),
         "background_f1": bg_f1,
         "miou": (iou + bg_iou) / 2,
         "oa": _div(tp + tn, tp + fp + fn + tn, z),
         "mean_f1": (f1 + bg_f1) / 2,
+        "mean_precision": (precision + bg_precision) / 2,
     }
 
 
@@ -164,6 +168,8 @@ class ConfusionMatrix:
             "miou": m["miou"],
             "oa": m["oa"],
             "mean_f1": m["mean_f1"],
+            "background_precision": m["background_precision"],
+            "mean_precision": m["mean_precision"],
             "pixels": self.total,
         }
 

@@ -5,7 +5,8 @@ A frozen teacher (DINOv2 by default) and a trainable PVTv2 student see the same 
 teacher's width and is resized (bilinear) to the teacher's token grid; the maps ``O_S`` and
 ``O_T`` are aligned with a temperature-softened KL divergence over channels. With
 ``method="kda"`` a discriminator (frozen ViT + trainable head) learns to tell ``O_T`` from
-``O_S`` (least-squares GAN) and the student is also trained to be scored teacher-like.
+``O_S`` (least-squares GAN, or the paper's Eq. 2/3 with ``adv_loss="paper"``) and the student
+is also trained to be scored teacher-like.
 Equations and the exact step order: docs/training.md.
 """
 
@@ -46,6 +47,8 @@ from landslide_cli.train.losses import (
     adversarial_loss,
     discriminator_loss,
     kd_kl_loss,
+    paper_adversarial_loss,
+    paper_discriminator_loss,
 )
 from landslide_cli.train.result import TrainResult
 
@@ -158,8 +161,7 @@ class DistillTask(TrainTask):
             else None
         names = ["kl"] + (["kl_mid"] if student.mid_neck is not None else []) \
             + (["adv"] if self.kda else [])
-        kl_w = cfg.kl_weight if self.kda else 1.0
-        init = {"kl": kl_w, "kl_mid": kl_w, "adv": cfg.adv_weight}
+        init = {"kl": cfg.kl_weight, "kl_mid": cfg.kl_weight, "adv": cfg.adv_weight}
         self.weighting: nn.Module
         if cfg.loss_weighting == "adaptive":
             self.weighting = UncertaintyWeighting(names, init).to(dev)
@@ -217,13 +219,15 @@ class DistillTask(TrainTask):
         s_maps = [m.float() for m in s_maps]
         out: dict[str, torch.Tensor] = {}
 
-        if self.kda:  # 1) discriminator step: teacher -> 1, (detached) student -> 0
+        paper = cfg.adv_loss == "paper"
+        if self.kda:  # 1) discriminator step: lsgan: teacher -> 1, (detached) student -> 0;
+            # paper (Eq. 2): maximise MSE(D(O_T), D(sg(O_S)))
             assert self.disc is not None and self.opt_d is not None
             self.opt_d.zero_grad(set_to_none=True)
             with autocast(dev, self.dtype):
                 scores = self.disc(torch.cat([t_maps[-1], s_maps[-1].detach()], dim=0))
             d_t, d_s = scores.float().split([x.shape[0], x.shape[0]], dim=0)
-            loss_d = discriminator_loss(d_t, d_s)
+            loss_d = (paper_discriminator_loss if paper else discriminator_loss)(d_t, d_s)
             self.scaler.scale(loss_d).backward()
             self._clip(self.opt_d)
             self.scaler.step(self.opt_d)
@@ -235,9 +239,20 @@ class DistillTask(TrainTask):
         if len(s_maps) > 1:
             terms["kl_mid"] = kd_kl_loss(s_maps[0], t_maps[0], cfg.tau)
         if self.kda:
+            joint = paper or bool(getattr(self.disc_module, "joint_batch", False))
             with autocast(dev, self.dtype):
-                score_s = self.disc(s_maps[-1])  # type: ignore[misc]
-            terms["adv"] = adversarial_loss(score_s)
+                # the just-updated D; one batch with the teacher map when D has batch
+                # statistics (kda_authors) or needs D(O_T) (Eq. 3), a constant there
+                scores = self.disc(  # type: ignore[misc]
+                    torch.cat([t_maps[-1], s_maps[-1]], dim=0) if joint else s_maps[-1])
+            if joint:
+                score_t, score_s = scores.float().split([x.shape[0], x.shape[0]], dim=0)
+            else:
+                score_t, score_s = None, scores.float()
+            if paper:  # Eq. 3's term MSE(D(O_T), D(O_S))
+                terms["adv"] = paper_adversarial_loss(score_t.detach(), score_s)  # type: ignore[union-attr]
+            else:
+                terms["adv"] = adversarial_loss(score_s)
         loss = self.weighting(terms)
         self.scaler.scale(loss).backward()
         if self.ctx.distributed and isinstance(self.weighting, UncertaintyWeighting):
@@ -315,6 +330,8 @@ class DistillTask(TrainTask):
                 "teacher_weights": Path(cfg.teacher_weights).name if cfg.teacher_weights
                 else None,
                 "method": cfg.method,
+                "adv_loss": cfg.adv_loss if cfg.method == "kda" else None,
+                "discriminator": cfg.discriminator if cfg.method == "kda" else None,
                 "loss_weighting": cfg.loss_weighting,
                 "loss_weights": {k: float(v) for k, v in self.weighting.current().items()},
                 "align": cfg.align,
@@ -387,11 +404,28 @@ def build_distill_task(cfg: DistillConfig, ctx: DistContext, *,
 
 
 def build_disc(cfg: DistillConfig, teacher: nn.Module, teacher_name: str) -> nn.Module:
-    """The KDA discriminator; shares the frozen teacher ViT when it is the same network."""
-    from landslide_cli.zoo.discriminator import Discriminator, build_discriminator
-    from landslide_cli.zoo.registries import TEACHERS
+    """The KDA discriminator; shares the frozen teacher ViT when it is the same network.
+
+    ``--discriminator kda_authors`` builds the authors' design (on the teacher's ViT, or on
+    ``--discriminator-vit``); ``--adv-loss paper`` requires a discriminator with a sigmoid
+    output (one-line error otherwise, before anything is built).
+    """
+    from landslide_cli.zoo.discriminator import AUTHORS, Discriminator, build_discriminator
+    from landslide_cli.zoo.registries import DISCRIMINATORS, TEACHERS
     from landslide_cli.zoo.teachers import ViTTeacher
 
+    chosen = DISCRIMINATORS.resolve(cfg.discriminator) if cfg.discriminator else None
+    if cfg.adv_loss == "paper" and not (
+            chosen and DISCRIMINATORS.entry(chosen).info.get("sigmoid")):
+        raise LandslideError(
+            f"--adv-loss paper needs a discriminator with a sigmoid output (Eq. 2 maximises an "
+            f"MSE, bounded only for scores in [0, 1]); "
+            f"{chosen or 'the default PatchGAN discriminator'} outputs raw scores: "
+            f"use --discriminator {AUTHORS} or --adv-loss lsgan")
+    if chosen == AUTHORS:
+        return _authors_disc(cfg, teacher, teacher_name)
+    if cfg.discriminator_vit:
+        raise LandslideError(f"--discriminator-vit applies to --discriminator {AUTHORS} only")
     name = TEACHERS.resolve(cfg.discriminator) if cfg.discriminator else teacher_name
     same = name == teacher_name and not cfg.discriminator_weights
     if same and isinstance(teacher, ViTTeacher):
@@ -405,6 +439,29 @@ def build_disc(cfg: DistillConfig, teacher: nn.Module, teacher_name: str) -> nn.
                                pretrained=cfg.teacher_init == "pretrained",
                                weights=cfg.discriminator_weights, levels=cfg.d_levels,
                                head_width=cfg.d_head_width, **args)
+
+
+def _authors_disc(cfg: DistillConfig, teacher: nn.Module, teacher_name: str) -> nn.Module:
+    """``kda_authors`` on the teacher's frozen ViT (shared) or on ``--discriminator-vit``; its
+    grid is the teacher's (``ceil(teacher input / patch)``: 16 for a 224 input)."""
+    from landslide_cli.zoo.discriminator import AUTHORS, build_authors_discriminator
+    from landslide_cli.zoo.registries import TEACHERS
+    from landslide_cli.zoo.teachers import ViTTeacher
+
+    side = cfg.teacher_size or cfg.size
+    grid = -(-int(side) // int(teacher.patch_size))
+    vit_name = TEACHERS.resolve(cfg.discriminator_vit) if cfg.discriminator_vit \
+        else teacher_name
+    if vit_name == teacher_name and not cfg.discriminator_weights:
+        if not isinstance(teacher, ViTTeacher):
+            raise LandslideError(
+                f"--discriminator {AUTHORS} runs a frozen DINOv2, and teacher {teacher_name} is "
+                "not one: name it with --discriminator-vit (e.g. vit_large_patch14_dinov2)")
+        return build_authors_discriminator(teacher.embed_dim, vit=teacher, grid=grid)
+    args = dict(cfg.teacher_args) if vit_name == teacher_name else {}
+    return build_authors_discriminator(teacher.embed_dim, vit_name=vit_name, grid=grid,
+                                       pretrained=cfg.teacher_init == "pretrained",
+                                       weights=cfg.discriminator_weights, **args)
 
 
 def train_distill(cfg: DistillConfig, *, reporter: Reporter | None = None) -> TrainResult:

@@ -7,6 +7,8 @@ Phase 1 (distillation):
 * :func:`discriminator_loss` -- least-squares GAN loss for the discriminator,
   ``1/2 [mean (D(O_T) - 1)^2 + mean D(O_S)^2]``.
 * :func:`adversarial_loss` -- the student's adversarial term ``mean (D(O_S) - 1)^2``.
+* :func:`paper_discriminator_loss` / :func:`paper_adversarial_loss` -- the paper's Eq. 2 / 3
+  (``--adv-loss paper``): D maximises ``MSE(D(O_T), D(O_S))``, the student minimises it.
 * :class:`FixedWeighting` / :class:`UncertaintyWeighting` -- combine named loss terms.
 
 Phase 2 (segmentation):
@@ -58,6 +60,24 @@ def discriminator_loss(d_teacher: torch.Tensor, d_student: torch.Tensor) -> torc
 def adversarial_loss(d_student: torch.Tensor) -> torch.Tensor:
     """The student's adversarial term ``mean (D(O_S) - 1)^2``: be scored like the teacher."""
     return F.mse_loss(d_student.float(), torch.ones_like(d_student, dtype=torch.float32))
+
+
+def paper_discriminator_loss(d_teacher: torch.Tensor, d_student: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 of the paper as a loss to minimise: ``-mean (D(O_T) - D(O_S))^2``.
+
+    The discriminator *maximises* the squared distance between its scores of the teacher and
+    the (detached, by the caller) student map. Bounded (by -1) only when the scores are in
+    [0, 1], i.e. for a discriminator with a sigmoid output.
+    """
+    return -F.mse_loss(d_teacher.float(), d_student.float())
+
+
+def paper_adversarial_loss(d_teacher: torch.Tensor, d_student: torch.Tensor) -> torch.Tensor:
+    """Eq. 3's adversarial term ``mean (D(O_T) - D(O_S))^2``: the student closes the distance.
+
+    ``D(O_T)`` is a constant target (detached here); gradients flow through ``D(O_S)``.
+    """
+    return F.mse_loss(d_student.float(), d_teacher.detach().float())
 
 
 class FixedWeighting(nn.Module):
