@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
-from landslide_cli.devices import resolve_device
 from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import InputSpec
 from landslide_cli.registry import Registry, canonical
@@ -39,7 +37,9 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model_ref: str | Path | None = None, *, device: str = "auto",
-                 amp: bool = True) -> None:
+                 amp: bool = True, precision: str = "auto") -> None:
+        from landslide_cli.devices import resolve_device
+        from landslide_cli.precision import autocast_dtype, settle_torch_precision
         from landslide_cli.zoo.loading import load_model
 
         dev = resolve_device(device)
@@ -54,21 +54,36 @@ class TorchBackend:
         self.metadata = loaded.meta.to_dict()
         self.model_path = loaded.path
         self.fixed_tile = None
-        self.amp = amp and dev.type == "cuda"
+        # --precision (landslide_cli.precision): checked on the shipped parity tiles at first
+        # use; ``precision_note`` is a warning for the caller to report (empty: none)
+        settled = settle_torch_precision(self.model, dev, precision if amp else "fp32",
+                                         spec=self.spec, threshold=self.threshold)
+        self.precision, self.precision_check = settled.precision, settled.check
+        self.precision_note = settled.warning
+        self.autocast = autocast_dtype(self.precision)
+        self.amp = self.autocast is not None and dev.type == "cuda"
 
-    @torch.inference_mode()
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.torch_device.type == "cuda":
-            x = x.pin_memory().to(self.torch_device, non_blocking=True)
-        with torch.autocast(self.torch_device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if self.torch_device.type == "cuda":
+                x = x.pin_memory().to(self.torch_device, non_blocking=True)
+            with torch.autocast(self.torch_device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                logits = self.model(x)
+            return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
 
 
 def _onnx_backend(model_ref: str | Path | None = None, *, device: str = "auto",
-                  **options: object) -> Backend:
-    """Open an ``.onnx`` file with ONNX Runtime (imported only when this backend is used)."""
+                  precision: str = "auto", **options: object) -> Backend:
+    """Open an ``.onnx`` file with ONNX Runtime (imported only when this backend is used);
+    ``precision`` int8 runs its cached static quantization (``landslide_cli.onnx_cache``)."""
+    if precision != "auto":
+        from landslide_cli.onnx_cache import open_onnx_file
+
+        return open_onnx_file(model_ref, device=device, precision=precision, **options)
     from landslide_cli.onnx_backend import OnnxBackend
 
     return OnnxBackend(model_ref, device=device, **options)  # type: ignore[arg-type]
@@ -103,9 +118,11 @@ def check_backend(name: str) -> str:
 
 
 def open_backend(model_ref: str | Path | None = None, *, backend: str = "auto",
-                 device: str = "auto") -> Backend:
+                 device: str = "auto", precision: str = "auto") -> Backend:
     """Open ``model_ref`` with the named backend; ``auto`` picks ONNX for ``.onnx`` files.
-    A ``baseline:<name>`` reference is a weight-free colour index (``landslide_cli.baselines``)."""
+    A ``baseline:<name>`` reference is a weight-free colour index (``landslide_cli.baselines``).
+    ``precision`` (``landslide_cli.precision.PRECISIONS``) goes to the torch and ONNX backends
+    (``predict`` resolves ``auto`` on CPU with ``landslide_cli.onnx_cache.open_auto_backend``)."""
     backend = check_backend(backend)
     if isinstance(model_ref, str) and model_ref.strip().lower().startswith("baseline:"):
         from landslide_cli.baselines import BaselineBackend
@@ -116,4 +133,6 @@ def open_backend(model_ref: str | Path | None = None, *, backend: str = "auto",
         return BaselineBackend(model_ref, device=device)
     if backend == AUTO:
         backend = "onnx" if str(model_ref or "").lower().endswith(".onnx") else "torch"
+    if precision != "auto":
+        return BACKENDS.build(backend, model_ref, device=device, precision=precision)
     return BACKENDS.build(backend, model_ref, device=device)

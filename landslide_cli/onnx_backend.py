@@ -123,6 +123,10 @@ class OnnxBackend:
         self.spec = spec
         self.fixed_tile: int | None = int(height)
         self.static_batch: int | None = batch if isinstance(batch, int) else None
+        #: the file's precision (fp32, fp16, int8: ``landslide export``); set by
+        #: landslide_cli.onnx_cache with its parity result for cached exports
+        self.precision = str((doc.get("export") or {}).get("precision") or "fp32")
+        self.precision_check: Any = None
         if (self.input_name, self.output_name) != (INPUT_NAME, OUTPUT_NAME):
             log.debug("%s: input/output named %s/%s", path, self.input_name, self.output_name)
 

@@ -18,6 +18,10 @@ torch.set_num_threads(int(_threads) if _threads.isdigit() and int(_threads) > 0
                       else max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("MPLBACKEND", "Agg")
+# predict's `--backend auto` keeps PyTorch for checkpoints in the suite: on a CPU it would
+# otherwise export each tiny checkpoint to ONNX into the user cache (landslide_cli.onnx_cache);
+# tests/test_onnx_cache.py covers that path with its own cache folder
+os.environ.setdefault("LANDSLIDE_CPU_BACKEND", "torch")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("LANDSLIDE_SHARED", ROOT.parent / "shared"))

@@ -6,13 +6,14 @@ import typer
 from rich.table import Table
 
 from landslide_cli.cli import common
-from landslide_cli.model_info import list_models, model_info
 
 
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List registered backbones, decoders, teachers and shipped models."""
+    from landslide_cli.model_info import list_models  # torch: only for this command
+
     data = list_models()
     if as_json:
         common.print_json(data)
@@ -36,6 +37,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a model's card, parameter counts and GFLOPs."""
+    from landslide_cli.model_info import model_info  # torch: only for this command
+
     data = model_info(model, size=size)
     if as_json:
         common.print_json(data)

@@ -38,7 +38,6 @@ from landslide_cli.data.splits import (
     save_split_file,
     tile_number,
 )
-from landslide_cli.data.torch_data import Augment, SegmentationDataset, crop_or_pad
 
 __all__ = [
     "DATASETS",
@@ -66,3 +65,15 @@ __all__ = [
     "select_bands",
     "tile_number",
 ]
+
+#: the torch parts, imported on first use (so that the CLI and ONNX Runtime predict load without
+#: torch)
+_TORCH_NAMES = ("Augment", "SegmentationDataset", "crop_or_pad")
+
+
+def __getattr__(name: str) -> object:
+    if name in _TORCH_NAMES:
+        from landslide_cli.data import torch_data
+
+        return getattr(torch_data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

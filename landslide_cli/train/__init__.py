@@ -7,9 +7,6 @@ result = train_distill(resolve_config(DistillConfig, {"data": "/data/CAS", "out"
 """
 
 from landslide_cli.train.config import DistillConfig, SegmentConfig, TrainConfig, resolve_config
-from landslide_cli.train.distill import train_distill
-from landslide_cli.train.result import TrainResult
-from landslide_cli.train.segment import train_segment
 
 __all__ = [
     "DistillConfig",
@@ -20,3 +17,15 @@ __all__ = [
     "train_distill",
     "train_segment",
 ]
+
+#: the training loops, imported on first use (so that ``landslide_cli.train.config``, which the
+#: CLI imports for its options, loads without torch)
+_LAZY = {"train_distill": "distill", "TrainResult": "result", "train_segment": "segment"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"landslide_cli.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
