@@ -112,9 +112,22 @@ def remove_stale_temps(target: str | os.PathLike[str]) -> list[Path]:
 # ---------------------------------------------------------------------------- target checks
 
 
+#: prefixes of inputs read from elsewhere (``http(s)://`` URLs, GDAL's network handlers)
+REMOTE_PREFIXES = ("http://", "https://", "/vsicurl/", "/vsicurl?")
+
+
+def is_url(path: object) -> bool:
+    """Whether ``path`` names a remote input (a URL, or an object whose ``str()`` is one):
+    it can never be an output of a run, and is compared as text."""
+    return str(path).lower().startswith(REMOTE_PREFIXES)
+
+
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name the same file (hard links and symlinks included); paths that do
-    not exist yet are compared after resolving them."""
+    not exist yet are compared after resolving them; URLs are compared as text (and never
+    equal a local file)."""
+    if is_url(a) or is_url(b):
+        return str(a) == str(b)
     pa, pb = Path(a), Path(b)
     try:
         return os.path.samefile(pa, pb)
@@ -132,7 +145,7 @@ def check_target(path: str | os.PathLike[str], *, overwrite: bool, what: str = "
     """
     path = Path(path)
     for src in inputs if path.exists() else ():  # only an existing file can be an input
-        if same_file(path, src):
+        if not is_url(src) and same_file(path, src):  # a URL is never written
             raise LandslideError(
                 f"{what} {path} is an input of this run ({src}); it is never overwritten, "
                 "choose another file name")

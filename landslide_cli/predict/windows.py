@@ -106,12 +106,14 @@ class AxisLayout:
 
 @dataclass
 class GridLayout:
-    """The 2-D window grid of one scene."""
+    """The 2-D window grid of one scene (windows ``tile`` rows by ``tile_x`` columns;
+    ``tile_x`` defaults to ``tile``: square windows)."""
 
     height: int
     width: int
     tile: int
     overlap: float
+    tile_x: int | None = None
     rows: AxisLayout = field(init=False)
     cols: AxisLayout = field(init=False)
 
@@ -119,7 +121,7 @@ class GridLayout:
         if not 0.0 <= self.overlap < 1.0:
             raise LandslideError(f"overlap must be in [0, 1), got {self.overlap}")
         self.rows = AxisLayout.build(self.height, self.tile, self.overlap)
-        self.cols = AxisLayout.build(self.width, self.tile, self.overlap)
+        self.cols = AxisLayout.build(self.width, self.tile_x or self.tile, self.overlap)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -146,7 +148,7 @@ class GridLayout:
                        for i in range(len(rows))), default=0)
         carry_x = max((cols.starts[i] + cols.extent(i) - cols.final_end(i)
                        for i in range(len(cols))), default=0)
-        t = min(self.tile, self.height), min(self.tile, self.width)
+        t = min(self.tile, self.height), min(self.tile_x or self.tile, self.width)
         return 4 * (carry_y * self.width + t[0] * carry_x + t[0] * t[1])
 
 
