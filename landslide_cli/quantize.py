@@ -299,3 +299,26 @@ def check_quantize(value: str | None) -> str | None:
     if str(value).strip().lower() != INT8:
         raise LandslideError(f"--quantize {value}: only int8 is supported")
     return INT8
+
+
+def export_int8(model_ref: Any, out: str | os.PathLike[str], *,
+                calibration_data: str | os.PathLike[str] | None = None,
+                overwrite: bool = False, reporter: Reporter | None = None,
+                **export_options: Any) -> tuple[Any, QuantizeReport]:
+    """``landslide export --quantize int8``: export ``model_ref`` in fp32 (with its parity
+    check, :func:`landslide_cli.export.export_onnx` and ``export_options``) into a temporary
+    folder, then :func:`quantize_int8` it into ``out``. Returns both reports."""
+    from landslide_cli.export import export_onnx
+
+    out = Path(out).expanduser()
+    inputs = [Path(model_ref)] if isinstance(model_ref, (str, os.PathLike)) else []
+    check_target(out, overwrite=overwrite, what="--out", suffixes=(".onnx",), inputs=inputs)
+    if export_options.get("fp16"):
+        raise LandslideError("--quantize int8 and --fp16 exclude each other (int8 starts from "
+                             "the fp32 export)")
+    with tempfile.TemporaryDirectory(prefix="landslide-export-int8-") as tmp:
+        fp32 = export_onnx(model_ref, Path(tmp) / "fp32.onnx", reporter=reporter,
+                           **export_options)
+        report = quantize_int8(fp32.path, out, calibration_data=calibration_data,
+                               overwrite=overwrite, reporter=reporter)
+    return fp32, report

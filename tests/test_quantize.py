@@ -73,3 +73,33 @@ def test_onnx_file_with_precision_int8_uses_the_cached_quantization(tmp_path, mo
     assert again.predict(tiles).shape == (2, 64, 64)
     with pytest.raises(LandslideError, match="bf16 runs on the torch backend"):
         open_backend(src, device="cpu", precision="bf16")
+
+
+def test_export_quantize_int8_cli(run_cli, tmp_path, monkeypatch):
+    import landslide_cli.export as export
+
+    class Report:
+        def __init__(self, path):
+            self.path = path
+
+        def to_dict(self):
+            return {"path": str(self.path), "precision": "fp32"}
+
+    def fake(model_ref, out, *, tile=None, **kw):
+        write_tiny_onnx(out, tile=64)
+        return Report(out)
+
+    monkeypatch.setattr(export, "export_onnx", fake)
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"not read by the stand-in exporter")
+    out = tmp_path / "m_int8.onnx"
+    res = run_cli("export", ckpt, "--out", out, "--quantize", "int8", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["quantize"]["check"]["passed"] is True and doc["quantize"]["precision"] == "int8"
+    assert OnnxBackend(out, device="cpu").precision == "int8"
+    bad = run_cli("export", ckpt, "--out", tmp_path / "x.onnx", "--quantize", "int4")
+    assert bad.exit_code != 0 and "only int8" in bad.stderr
+    both = run_cli("export", ckpt, "--out", tmp_path / "y.onnx", "--quantize", "int8", "--fp16")
+    assert both.exit_code != 0 and "exclude each other" in both.stderr
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()

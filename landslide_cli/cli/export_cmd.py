@@ -41,6 +41,15 @@ def command(
         help="Export-time rewrites with the same math that ONNX Runtime runs faster "
              "(checked by the parity test)."),
     exporter: str = options.exporter(),
+    quantize: str | None = typer.Option(
+        None, "--quantize", metavar="<int8>", show_default=False,
+        help="Also quantize: int8 = ONNX Runtime static quantization (QDQ), calibrated on "
+             "--calibration-data or the tiles shipped in the package; written only if its "
+             "masks match fp32 (IoU >= 0.9)."),
+    calibration_data: Path | None = typer.Option(
+        None, "--calibration-data", show_default=False,
+        help="Image or folder of tiles for the int8 calibration (default: the shipped RGB "
+             "tiles)."),
     device: str = options.device("cpu", help="Device for tracing and the PyTorch reference: "
                                  "cpu, cuda, cuda:N, auto."),
     as_json: bool = options.json_flag("Print the report as JSON."),
@@ -48,6 +57,13 @@ def command(
     """Export a segmentation model to ONNX (probabilities, fixed tile, metadata embedded)."""
     if tile is not None and tile < MIN_TILE:
         raise LandslideError(f"--tile {tile} is too small; use at least {MIN_TILE} pixels")
+    if quantize is not None:
+        _export_int8(model, out, quantize=quantize, calibration_data=calibration_data,
+                     as_json=as_json, opset=opset, fp16=fp16, tile=tile,
+                     dynamic_batch=dynamic_batch, check_parity=parity, device=device,
+                     exporter=exporter, optimize=optimize, parity_data=parity_data,
+                     overwrite=overwrite)
+        return
     from landslide_cli.export import export_onnx
 
     report = export_onnx(
@@ -85,3 +101,21 @@ def command(
     table.add_row("onnx sha256", report.onnx_sha256)
     table.add_row("time", f"{report.seconds:.1f} s")
     common.out.print(table)
+
+
+def _export_int8(model: str | None, out: Path, *, quantize: str,
+                 calibration_data: Path | None, as_json: bool, overwrite: bool,
+                 **export_options: object) -> None:
+    """``--quantize int8``: the fp32 export, then its checked int8 quantization into ``out``."""
+    from landslide_cli.quantize import check_quantize, export_int8
+
+    check_quantize(quantize)
+    fp32, report = export_int8(model, out, calibration_data=calibration_data,
+                               overwrite=overwrite, reporter=cli_reporter(), **export_options)
+    if as_json:
+        common.print_json({"export": fp32.to_dict(), "quantize": report.to_dict()})
+        return
+    c = report.check
+    common.out.print(f"wrote {report.path} (int8, {report.size_bytes / 1e6:.2f} MB; fp32 "
+                     f"{report.source_size_bytes / 1e6:.2f} MB): {c.describe()}",
+                     highlight=False, overflow="ignore")
