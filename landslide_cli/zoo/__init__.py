@@ -1,6 +1,15 @@
 """Model zoo: backbones, decoders, teachers and the discriminator, registered by name."""
 
-from landslide_cli.zoo import backbones, dcf, heads, teachers  # noqa: F401 - registration
+from landslide_cli.zoo import (  # noqa: F401 - registration
+    backbones,
+    dcf,
+    dcf_paper,
+    heads,
+    paper_heads,
+    pvt_v1,
+    segnext,
+    teachers,
+)
 from landslide_cli.zoo.discriminator import build_discriminator
 from landslide_cli.zoo.registries import BACKBONES, DECODERS, DISCRIMINATORS, TEACHERS
 from landslide_cli.zoo.segmenter import Segmenter, build_segmenter

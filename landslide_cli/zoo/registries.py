@@ -8,7 +8,8 @@ from landslide_cli.registry import Registry
 #: (strides 4/8/16/32); the module exposes ``.widths`` (list of 4 channel counts).
 BACKBONES: Registry = Registry("backbone")
 #: name -> ``builder(in_channels: list[int], num_classes: int, width: int) -> nn.Module``;
-#: ``forward(features) -> logits`` at stride 4 (the segmenter resizes to the input).
+#: ``forward(features) -> logits`` at stride 4, or at the module's ``output_stride`` when it has
+#: one (``dcf_paper``: 1, ``unet_paper``: 2); the segmenter resizes them to the input.
 DECODERS: Registry = Registry("decoder")
 #: name -> ``builder(*, pretrained, weights, img_size) -> Teacher`` (frozen, NCHW feature map).
 TEACHERS: Registry = Registry("teacher")

@@ -50,7 +50,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: DINOv2 sizes: name stem -> (embed_dim, depth)
 DINOV2_SIZES = {"small": (384, 12), "base": (768, 12), "large": (1024, 24), "giant": (1536, 40)}
 #: ConvNeXt teachers: name -> final width
-CONVNEXT = {"convnext_tiny": 768, "convnext_small": 768, "convnext_base": 1024}
+CONVNEXT = {"convnext_tiny": 768, "convnext_small": 768, "convnext_base": 1024,
+            "convnext_large": 1536, "convnext_xlarge": 2048}
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -59,14 +59,16 @@ def test_every_decoder_keeps_the_input_size_for_odd_sizes(decoder):
 
 @pytest.mark.parametrize("decoder", DECODERS.names())
 def test_every_decoder_returns_stride4_logits_and_trains(decoder):
-    """Decoder contract: stride-4 logits; a training step reaches every decoder parameter."""
+    """Decoder contract: stride-4 logits (or ``output_stride``); a training step reaches every
+    decoder parameter."""
     torch.manual_seed(0)
     widths = [32, 64, 160, 256]
     head = DECODERS.build(decoder, widths, num_classes=3, width=16).train()
     feats = [torch.randn(2, c, 32 // s, 48 // s) for c, s in zip(widths, (1, 2, 4, 8),
                                                                    strict=True)]
     out = head(feats)
-    assert out.shape == (2, 3, 32, 48)
+    up = 4 // getattr(head, "output_stride", 4)  # dcf_paper: stride 1, unet_paper: stride 2
+    assert out.shape == (2, 3, 32 * up, 48 * up)
     out.square().mean().backward()
     no_grad = [n for n, p in head.named_parameters() if p.grad is None]
     assert not no_grad, f"{decoder}: parameters without gradient: {no_grad[:3]}"
@@ -85,7 +87,8 @@ def test_bigger_backbone_with_each_decoder_in_a_segmenter():
         head = DECODERS.build(decoder, backbone.widths, width=32).eval()
         with torch.no_grad():
             out = head(backbone(torch.randn(1, 3, 64, 64)))
-        assert out.shape == (1, 2, 16, 16)
+        side = 64 // getattr(head, "output_stride", 4)
+        assert out.shape == (1, 2, side, side), decoder
 
 
 def test_dcf_parameter_count_matches_the_paper():
