@@ -97,13 +97,12 @@ def test_sentinel2_with_bands_and_a_reflectance_model(run_cli, shared_data, s2_c
     assert len(slides) == 1  # threshold 0: the whole crop is one polygon
     assert slides.area_m2.iloc[0] == pytest.approx(400 * 300 * 100.0)
 
-    # an 8-bit model on 16-bit reflectance is refused, saying what it expects
+    # an 8-bit model on 16-bit reflectance without conversion is refused, saying what it
+    # expects (--rescale auto converts it: tests/predict/test_predict_radiometry.py, which also
+    # covers four unnamed bands without --bands; these four are named B04 red ... B08 nir)
     res = run_cli("predict", scene, "--out", tmp_path / "x.gpkg", "--model", tiny_checkpoint,
-                  "--bands", "1,2,3")
-    _assert_clean_failure(res, tmp_path / "x.gpkg", "uint16", "expects uint8")
-    # four bands and a three-band model without --bands
-    res = run_cli("predict", scene, "--out", tmp_path / "y.gpkg", "--model", s2_checkpoint)
-    _assert_clean_failure(res, tmp_path / "y.gpkg", "4 bands", "expects 3 bands", "--bands")
+                  "--bands", "1,2,3", "--rescale", "none")
+    _assert_clean_failure(res, tmp_path / "x.gpkg", "uint16", "expects uint8", "--rescale")
     res = run_cli("predict", scene, "--out", tmp_path / "z.gpkg", "--model", s2_checkpoint,
                   "--bands", "1,2,9")
     _assert_clean_failure(res, tmp_path / "z.gpkg", "band 9")
@@ -170,8 +169,8 @@ def test_wrong_band_count(run_cli, tmp_path, tiny_checkpoint):
 def test_unsupported_dtype(run_cli, tmp_path, tiny_checkpoint):
     flt = write_tif(tmp_path / "float.tif", np.zeros((3, 40, 40), np.float32))
     out = tmp_path / "o.gpkg"
-    res = run_cli("predict", flt, "--out", out, "--model", tiny_checkpoint)
-    _assert_clean_failure(res, out, "float32", "expects uint8")
+    res = run_cli("predict", flt, "--out", out, "--model", tiny_checkpoint, "--rescale", "none")
+    _assert_clean_failure(res, out, "float32", "expects uint8", "--rescale")
 
 
 def test_all_nodata_scene(run_cli, tmp_path, tiny_checkpoint):
