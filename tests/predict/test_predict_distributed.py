@@ -68,6 +68,14 @@ def scenes(tmp_path_factory) -> list[Path]:
     ]
 
 
+@pytest.fixture(scope="module")
+def reference(scenes, tmp_path_factory) -> Path:
+    """The single-process inventory of the three scenes."""
+    out = tmp_path_factory.mktemp("ref") / "single.gpkg"
+    predict_scenes(scenes, out, model=bright_standin(), options=OPTS)
+    return out
+
+
 def _layer(path: Path, layer: str = "landslides"):
     return pyogrio.read_dataframe(path, layer=layer)
 
@@ -116,9 +124,8 @@ class AlwaysFail:
 
 
 def test_cluster_inventory_equals_single_process_and_bands_join_like_rows(tmp_path, scenes,
-                                                                           client):
-    single = tmp_path / "single.gpkg"
-    predict_scenes(scenes, single, model=bright_standin(), options=OPTS)
+                                                                           client, reference):
+    single = reference
     whole = tmp_path / "whole.gpkg"
     s1 = dist.predict_distributed(scenes, whole, model=bright_standin(), options=OPTS,
                                   client=client, band_rows=0)
@@ -162,7 +169,7 @@ def test_band_ranges():
 # ----------------------------------------------------------------------- faults
 
 
-def test_task_failing_once_is_retried_and_run_completes(tmp_path, scenes, client):
+def test_task_failing_once_is_retried_and_run_completes(tmp_path, scenes, client, reference):
     out = tmp_path / "retry.gpkg"
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -170,9 +177,7 @@ def test_task_failing_once_is_retried_and_run_completes(tmp_path, scenes, client
                                        client=client, band_rows=2, task_hook=FailOnce(markers))
     assert summary.failed == []
     assert len(list(markers.iterdir())) == sum(len(dist.band_ranges(3, 3, 2)) for _ in scenes)
-    ref = tmp_path / "ref.gpkg"
-    predict_scenes(scenes, ref, model=bright_standin(), options=OPTS)
-    _same_inventory(ref, out)
+    _same_inventory(reference, out)
 
 
 def test_scene_failing_twice_is_reported_and_the_rest_written(tmp_path, scenes, client):
@@ -200,7 +205,8 @@ def test_every_scene_failing_writes_nothing(tmp_path, scenes):
 # ----------------------------------------------------------------------- resume
 
 
-def test_resume_skips_finished_scenes_without_reading_them(tmp_path, scenes, monkeypatch):
+def test_resume_skips_finished_scenes_without_reading_them(tmp_path, scenes, monkeypatch,
+                                                           reference):
     out = tmp_path / "region.gpkg"
     first = dist.predict_distributed(scenes, out, model=bright_standin(), options=OPTS,
                                      resume=True, task_hook=AlwaysFail(1))
@@ -220,9 +226,7 @@ def test_resume_skips_finished_scenes_without_reading_them(tmp_path, scenes, mon
                                       resume=True)
     assert opened == ["b.tif"]  # a and c: neither opened nor read
     assert second.resumed == ["a.tif", "c.tif"] and second.failed == []
-    ref = tmp_path / "ref.gpkg"
-    predict_scenes(scenes, ref, model=bright_standin(), options=OPTS)
-    _same_inventory(ref, out)
+    _same_inventory(reference, out)
     # a changed scene (new modification time) is done again
     c = scenes[2]
     st = c.stat()
