@@ -38,8 +38,29 @@ def test_default_model_metadata_is_complete():
     assert meta.classes == ["background", "landslide"]
     assert meta.training and meta.metrics
     per_region = json.dumps(meta.metrics)
-    for region in ("sichuan", "bijie", "hokkaido"):
+    for region in ("sichuan", "bijie", "hokkaido", "amunet_uav"):
         assert region in per_region
+    # v2's recipe (issue #11): per-tile normalization, training percentiles for --rescale auto
+    assert spec.normalization == "tile"
+    low, mid, high = spec.percentile(2), spec.percentile(50), spec.percentile(98)
+    assert low and mid and high
+    assert all(0 < a < b < c < 255 for a, b, c in zip(low, mid, high, strict=True))
+    assert spec.resolution_m == [0.2, 3.0]
+
+
+def test_previous_default_is_still_shipped_and_unchanged():
+    """v1 stays available by name (inventories made with it can be reproduced)."""
+    from landslide_cli.checkpoint import file_sha256
+
+    shipped = shipped_models()
+    assert DEFAULT_MODEL == "landslide-pvtb0-dcf-v2"
+    v1 = shipped["landslide-pvtb0-dcf-v1"]
+    assert file_sha256(v1) == "d49c0205d7b29258d79b56911e693b7403bf780170b9993fad98c781527a8ace"
+    assert read_metadata(v1).input_spec.normalization == "fixed"
+    for model in ("landslide-pvtb0-dcf-v1", DEFAULT_MODEL):
+        assert shipped[model].stat().st_size <= 32 * 1024 * 1024
+    card = (models_dir() / f"{DEFAULT_MODEL}.md").read_text(encoding="utf-8")
+    assert "landslide-pvtb0-dcf-v1" in card and "leave-one-source-out" in card.lower()
 
 
 def test_default_model_forward_pass_and_default_resolution():
