@@ -704,7 +704,11 @@ def _backend_for_workers(plan: PredictPlan, model: Any, backend: str, device: st
         if not isinstance(model, (str, os.PathLike, type(None))):
             raise LandslideError("this model object cannot be sent to Dask workers; pass "
                                  "the model's path or name") from None
-        return None, (None if model is None else str(model), backend, device,
+        from landslide_cli.backends import backend_choices
+
+        chosen = str(getattr(plan.backend, "name", backend))  # the runtime the client chose
+        return None, (None if model is None else str(model),
+                      chosen if chosen in backend_choices() else backend, device,
                       str(getattr(plan.options, "tta", "none")))
     return plan.backend, None
 
