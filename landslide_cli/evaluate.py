@@ -22,6 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from landslide_cli.adapt import (
+    adapt_backend,
+    check_adapt_request,
+    choose_tiles,
+    tile_batches,
+    torch_model,
+)
 from landslide_cli.data import TileSet, open_dataset, select_bands
 from landslide_cli.data.base import nfc
 from landslide_cli.data.datasets import canonical_region
@@ -34,7 +41,9 @@ from landslide_cli.metrics import (
     RegionalMetrics,
     confusion_counts,
 )
+from landslide_cli.precision import precision_fields
 from landslide_cli.preprocess import normalize
+from landslide_cli.radiometry import TileRescaler, parse_rescale
 from landslide_cli.reporting import (
     ProgressBase,
     ProgressHandle,
@@ -43,6 +52,7 @@ from landslide_cli.reporting import (
     as_reporter,
 )
 from landslide_cli.safety import atomic_write, check_target
+from landslide_cli.tta import check_tta, tta_of, with_tta
 
 log = logging.getLogger("landslide.eval")
 
@@ -95,6 +105,9 @@ class EvalReport:
     objects: ObjectCounts | None = None
     objects_per_region: dict[str, ObjectCounts] = field(default_factory=dict)
     seconds: float = 0.0
+    #: where ``threshold`` came from: ``"user"`` (``threshold=`` / ``--threshold``) or
+    #: ``"model"`` (the checkpoint's metadata)
+    threshold_source: str = "model"
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: one-line warnings about the evaluation itself (e.g. tiles the model was trained on)
     warnings: list[str] = field(default_factory=list)
@@ -102,6 +115,7 @@ class EvalReport:
     training_overlap: dict[str, Any] = field(default_factory=dict)
     _tileset: TileSet | None = field(default=None, repr=False)
     _backend: Any = field(default=None, repr=False)
+    _rescaler: Any = field(default=None, repr=False)  # the run's --rescale (TileRescaler)
 
     @property
     def overall(self) -> ConfusionMatrix:
@@ -140,6 +154,7 @@ class EvalReport:
         if self.objects is not None:
             out["objects"] = self.objects.compute()
         out["threshold"] = self.threshold
+        out["threshold_source"] = self.threshold_source
         out["best_threshold"] = self.best_threshold
         out["model"] = self.model
         out["dataset"] = {**self.dataset, "skipped": len(self.skipped)}
@@ -188,7 +203,8 @@ class EvalReport:
                 "landslide_pixels": cm.positives,
                 **cm.to_dict(),
                 **{k: round(m[k], 6) for k in ("iou", "precision", "recall", "f1",
-                                               "background_iou", "miou", "oa", "mean_f1")},
+                                               "background_iou", "miou", "oa", "mean_f1",
+                                               "mean_precision")},
             }
             obj = self.objects if name == "overall" else self.objects_per_region.get(name)
             if self.objects is not None:
@@ -455,6 +471,11 @@ def evaluate(
     seed: int = 0,
     bins: int = 1000,
     read_workers: int = 2,
+    tta: str = "none",
+    adapt_bn: bool = False,
+    adapt_bn_windows: int = 64,
+    rescale: str = "auto",
+    precision: str = "auto",
 ) -> EvalReport:
     """Evaluate ``model_ref`` on a data set and return an :class:`EvalReport`.
 
@@ -469,6 +490,21 @@ def evaluate(
             passes its Rich reporter). The warnings are also in ``EvalReport.warnings``.
         progress: deprecated (use ``reporter``): ``False`` turns the reporter's progress off,
             a ``callback(done, total)`` receives it instead.
+        tta: test-time augmentation (``none``, ``flips``, ``d4``; :mod:`landslide_cli.tta`):
+            probabilities averaged over flips/rotations of each tile (non-square tiles: only
+            the transforms that keep their shape).
+        adapt_bn: before evaluating, re-estimate the model's BatchNorm statistics on up to
+            ``adapt_bn_windows`` evaluated tiles (images only; torch backend only;
+            :mod:`landslide_cli.adapt`). Both are recorded in ``EvalReport.model``.
+
+        rescale: radiometric conversion of each tile into the model's input domain
+            (``auto``, ``none``, ``percentile[:LOW,HIGH]``, ``range:MIN,MAX``;
+            :mod:`landslide_cli.radiometry`); percentiles are each tile's own. Recorded in
+            ``EvalReport.dataset["rescale"]``.
+
+        precision: ``auto``, ``fp32``, ``bf16`` or ``int8`` (:mod:`landslide_cli.precision`;
+            ``auto`` keeps PyTorch for checkpoints, bf16 on CPUs with native bfloat16).
+            Recorded in ``EvalReport.model`` (``precision``, ``precision_check``).
 
     Tiles of different sizes are batched by size (each tile runs at its native size; a model
     with a fixed tile size gets padded/windowed input, see :func:`predict_tiles`).
@@ -477,6 +513,12 @@ def evaluate(
         raise LandslideError(f"--batch-size must be at least 1, got {batch_size}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise LandslideError(f"--threshold must be in [0, 1], got {threshold}")
+    check_tta(tta)
+    parse_rescale(rescale)
+    if adapt_bn:
+        if adapt_bn_windows < 1:
+            raise LandslideError(f"--adapt-bn-windows must be at least 1, got {adapt_bn_windows}")
+        check_adapt_request(model_ref, backend)
     if isinstance(dataset, TileSet):
         tiles = dataset
     else:
@@ -492,9 +534,12 @@ def evaluate(
     else:
         from landslide_cli.backends import open_backend
 
-        be = open_backend(model_ref, backend=backend, device=device)
+        be = open_backend(model_ref, backend=backend, device=device, precision=precision)
+    if adapt_bn:
+        torch_model(be)  # a one-line error for ONNX, baselines and stand-ins
     spec = be.spec
     thr = float(be.threshold if threshold is None else threshold)
+    rescaler = TileRescaler(rescale, spec)
 
     metrics = RegionalMetrics()
     hist = PRHistogram(bins)
@@ -522,6 +567,15 @@ def evaluate(
                 obj_total += tile_obj
 
     rep = _legacy_progress(reporter, progress)
+    adaptation, adapt_note = None, None
+    if adapt_bn:  # ``run`` above predicts with the adapted, augmented ``be``
+        be, done = adapt_backend(be, tile_batches(tiles, spec, windows=adapt_bn_windows,
+                                                  batch_size=batch_size, skip_bad=skip_bad,
+                                                  rescale=TileRescaler(rescale, spec)),
+                                 total=len(choose_tiles(len(tiles), adapt_bn_windows)),
+                                 reporter=rep)
+        adaptation, adapt_note = done.to_dict(), done.note
+    be = with_tta(be, tta)
     bar = rep.progress(len(tiles), "evaluating")
     advance = bar.advance
     start = time.perf_counter()
@@ -531,6 +585,7 @@ def evaluate(
         for i, image, mask in _prefetch(tiles, skip_bad=skip_bad, skipped=skipped,
                                         workers=read_workers, ahead=2 * batch_size):
             image = select_bands(image, spec, source=str(tiles[i].image_path))
+            image = rescaler(image, source=str(tiles[i].image_path))
             key = tuple(image.shape)
             pending.setdefault(key, []).append((i, image, mask))
             if len(pending[key]) >= batch_size:
@@ -553,19 +608,25 @@ def evaluate(
     stats.sort(key=lambda t: t.index)
     info = tiles.info()
     info.update(tiles=len(stats), pixels=metrics.overall.total)
+    info["rescale"] = rescaler.summary()
     overlap = training_overlap(getattr(be, "metadata", {}) or {},
                                getattr(be, "model_path", None),
                                [(t.region, t.name) for t in stats])
     notes = [w for w in (_overlap_warning(overlap),) if w]
+    notes += [adapt_note] if adapt_note else []
+    notes += [be.precision_note] if getattr(be, "precision_note", "") else []
     if skipped:
         rep.warn(f"skipped {len(skipped)} bad tile(s); first: {skipped[0][1]}")
     for note in notes:
         rep.warn(note)
+    model_info = {**_model_info(be), "tta": tta_of(be), "adapt_bn": adaptation,
+                  **precision_fields(be)}
     return EvalReport(metrics=metrics, threshold=thr, histogram=hist, tiles=stats,
-                      model=_model_info(be), dataset=info, objects=obj_total,
+                      model=model_info, dataset=info, objects=obj_total,
                       objects_per_region=dict(sorted(obj_region.items())), seconds=seconds,
                       skipped=skipped, warnings=notes, training_overlap=overlap,
-                      _tileset=tiles, _backend=be)
+                      threshold_source="model" if threshold is None else "user",
+                      _tileset=tiles, _backend=be, _rescaler=rescaler)
 
 
 # ------------------------------------------------------------------------------- figure
@@ -613,7 +674,8 @@ def _write_figure(report: EvalReport, path: Path, n: int) -> Path:
     for r, (label, stat) in enumerate(chosen):
         raw, mask = tiles.read(stat.index)
         raw = select_bands(raw, spec)
-        prob = predict_tiles(be, normalize(raw[None], spec))[0]
+        model_in = raw if report._rescaler is None else report._rescaler(raw)
+        prob = predict_tiles(be, normalize(model_in[None], spec))[0]
         pred = prob >= report.threshold
         rgb = _display_rgb(raw, spec)
         gt = mask.astype(bool)

@@ -95,7 +95,7 @@ def test_a_bad_value_is_one_line(run_cli, args, message):
 
 @pytest.mark.parametrize("args, message", [
     (["models", "--no-such-flag"], "No such option: --no-such-flag"),
-    (["predict"], "Missing argument"),
+    (["predict"], "Missing option"),
     (["predict", "a.tif"], "Missing option '--out'"),
 ])
 def test_a_command_line_that_does_not_parse_is_one_line(run_cli, args, message):

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except LandslideError as exc:
         if common.state.verbose >= 2:
             traceback.print_exc()
-        common.err.print(f"[red]error:[/red] {exc}", highlight=False)
+        common.err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return exc.exit_code
     except Exception as exc:  # last resort: still one line unless -vv
         if common.state.verbose >= 2:

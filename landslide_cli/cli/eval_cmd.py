@@ -20,6 +20,15 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+def _inference_note(model: dict) -> str:
+    """``", TTA d4, BatchNorm adapted on 64 tiles"`` (empty for a plain run)."""
+    tta, adapted = model.get("tta") or "none", model.get("adapt_bn")
+    note = f", TTA {tta}" if tta != "none" else ""
+    if adapted:
+        note += f", BatchNorm adapted on {adapted['windows']} tiles"
+    return note
+
+
 def report_table(report: EvalReport) -> Table:
     """Overall and per-region metrics (percent) with pixel counts, plus the KDA paper's
     published numbers as a clearly labelled reference row."""
@@ -27,20 +36,22 @@ def report_table(report: EvalReport) -> Table:
     d = report.dataset
     table = Table(
         title=(f"model {m.get('name')} (sha256 {str(m.get('sha256'))[:12]}, "
-               f"{m.get('backend')} on {m.get('device')}), threshold {report.threshold:.3f}\n"
+               f"{m.get('backend')} on {m.get('device')}), threshold {report.threshold:.3f}"
+               + (" (--threshold)" if report.threshold_source == "user" else " (the model's)")
+               + _inference_note(m) + "\n"
                f"{d.get('name')} {d.get('root')}, split {d.get('split')}"
                + (f" ({d.get('split_mode')})" if d.get("split") != "all" else "")),
         caption=("metrics in %, from one confusion matrix per row (docs/metrics.md); F1/P/R/IoU "
-                 "= landslide class, mean F1 = class-mean F1, LS px % = share of "
-                 "reference landslide pixels.\n"
+                 "= landslide class, mean F1 / mean P = class-mean F1 / precision (mean over "
+                 "landslide and background), LS px % = share of reference landslide pixels.\n"
                  f"Reference row: {KDA_PAPER['source']} — other work, other split, not "
-                 "comparable; its precision definition is not stated."),
+                 "comparable; its precision is read as class-mean, like its F1."),
         caption_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     cols = ["region", "tiles", "pixels", "LS px %", "IoU", "P", "R", "F1", "bg IoU", "mIoU",
-            "OA", "mean F1"]
+            "OA", "mean F1", "mean P"]
     if report.objects is not None:
         cols += ["obj P", "obj R", "obj F1"]
     for i, col in enumerate(cols):
@@ -53,7 +64,7 @@ def report_table(report: EvalReport) -> Table:
         cells = [name, str(n_tiles), f"{cm.total:,}",
                  _pct(cm.positives / cm.total if cm.total else None)]
         cells += [_pct(r[k]) for k in ("iou", "precision", "recall", "f1", "background_iou",
-                                       "miou", "oa", "mean_f1")]
+                                       "miou", "oa", "mean_f1", "mean_precision")]
         if report.objects is not None:
             o = objects.compute() if objects is not None else None
             cells += [_pct(o["precision"]) if o else "–", _pct(o["recall"]) if o else "–",
@@ -67,8 +78,9 @@ def report_table(report: EvalReport) -> Table:
     row("overall", report.overall, len(report.tiles), report.objects, style="bold",
         end_section=True)
     ref = ["KDA paper, CAS (reference)", "", "", ""]
-    ref += [f"{KDA_PAPER['iou']:.2f}", f"{KDA_PAPER['precision']:.2f}", "", "", "",
-            f"{KDA_PAPER['miou']:.2f}", f"{KDA_PAPER['oa']:.2f}", f"{KDA_PAPER['mean_f1']:.2f}"]
+    ref += [f"{KDA_PAPER['iou']:.2f}", "", "", "", "",
+            f"{KDA_PAPER['miou']:.2f}", f"{KDA_PAPER['oa']:.2f}", f"{KDA_PAPER['mean_f1']:.2f}",
+            f"{KDA_PAPER['precision']:.2f}"]
     if report.objects is not None:
         ref += ["", "", ""]
     table.add_row(*ref, style="dim italic")
@@ -97,10 +109,13 @@ def command(
              "bracket style are ignored; a unique prefix is enough."),
     model: str | None = options.model(),
     backend: str = options.backend(),
+    precision: str = options.precision(),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Tiles per batch."),
     device: str = options.device(),
     threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0,
-                                           help="Decision threshold (default: the model's)."),
+                                           help="Decision threshold (default: the model's); "
+                                                "0.5 compares the two classes (argmax), as the "
+                                                "KDA paper does."),
     objects: bool = typer.Option(False, "--objects",
                                  help="Also score connected landslide objects (IoU >= 0.5)."),
     split_file: Path | None = typer.Option(None, "--split-file",
@@ -117,6 +132,10 @@ def command(
     figure: Path | None = typer.Option(None, "--figure",
                                        help="Write a PNG: worst/best tiles and the PR curve."),
     overwrite: bool = options.overwrite("Replace existing --json/--csv/--figure files."),
+    tta: str = options.tta(),
+    adapt_bn: bool = options.adapt_bn(),
+    adapt_bn_windows: int = options.adapt_bn_windows("tiles of the evaluated set"),
+    rescale: str = options.rescale("the tiles"),
 ) -> None:
     """Evaluate a model on labelled tiles: IoU, precision, recall, F1, mIoU, OA per region."""
     _check_outputs([("--json", json_path, ()), ("--csv", csv_path, ()),
@@ -128,6 +147,8 @@ def command(
         batch_size=batch_size, device=device, backend=backend, threshold=threshold,
         objects=objects, split_file=split_file, skip_bad=skip_bad,
         reporter=cli_reporter(), split_mode=split_mode, seed=seed,
+        tta=tta, adapt_bn=adapt_bn, adapt_bn_windows=adapt_bn_windows, rescale=rescale,
+        precision=precision,
     )
     table = report_table(report)
     if common.out.is_terminal:

@@ -26,6 +26,7 @@ from landslide_cli.data.datasets import DATASETS
 from landslide_cli.data.splits import SPLIT_MODES, SPLITS
 from landslide_cli.errors import LandslideError
 from landslide_cli.train.config import CHOICES, TrainConfig
+from landslide_cli.tta import check_tta, tta_names
 
 #: ``--prob-dtype`` values; ``landslide_cli.predict.raster.PROB_DTYPES`` checks them (a test
 #: keeps the two equal; importing predict here would load the raster stack with every command)
@@ -77,7 +78,19 @@ DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 
 def backend() -> Any:
     return choice("auto", "--backend", values=backend_choices(), check=check_backend,
-                  help="Inference runtime (auto: ONNX Runtime for .onnx models, else PyTorch).")
+                  help="Inference runtime (auto: ONNX Runtime for .onnx models; `predict` on a "
+                       "CPU runs a checkpoint on a cached ONNX Runtime export, or on PyTorch "
+                       "bf16 where the CPU has it; else PyTorch).")
+
+
+def precision() -> Any:
+    from landslide_cli.precision import PRECISIONS, check_precision
+
+    return choice("auto", "--precision", values=PRECISIONS, check=check_precision,
+                  help="Inference precision. auto: bf16 on CPUs with AMX / AVX-512 BF16 "
+                       "(checked against fp32 on shipped tiles at first use), fp16 mixed "
+                       "precision on CUDA, else fp32; int8: ONNX Runtime static quantization "
+                       "(CPU, checked against fp32).")
 
 
 def device(default: str = "auto", help: str = DEVICE_HELP, **kw: Any) -> Any:
@@ -118,6 +131,40 @@ def split(default: str | None, *decls: str, **kw: Any) -> Any:
     return choice(default, *(decls or ("--split",)), values=SPLIT_CHOICES, **kw)
 
 
+def tta() -> Any:
+    return choice("none", "--tta", values=tta_names(), check=check_tta,
+                  help="Test-time augmentation: average the probabilities over flips (4 "
+                       "passes) or flips and quarter turns (d4, 8 passes; non-square tiles: 4).")
+
+
+def adapt_bn() -> Any:
+    return typer.Option(False, "--adapt-bn",
+                        help="Re-estimate the model's BatchNorm statistics on the target data "
+                             "before predicting (torch backend; the model file is unchanged).")
+
+
+def adapt_bn_windows(what: str) -> Any:
+    return typer.Option(64, "--adapt-bn-windows", min=1,
+                        help=f"How many {what} --adapt-bn estimates the statistics on "
+                             "(spread evenly).")
+
+
+def resample_to() -> Any:
+    """``--resample-to``: resample windows to the model's ground sampling distance
+    (:mod:`landslide_cli.predict.resample`), checked while the command line is parsed."""
+    def parse(value: Any) -> Any:
+        from landslide_cli.predict.resample import parse_resample_to
+
+        parse_resample_to(str(value))
+        return value
+
+    return typer.Option(
+        "none", "--resample-to", parser=parse, metavar="<auto|none|METRES>",
+        help="Resample windows to the model's scale on the fly: auto (a scene outside the "
+             "model's resolution range goes to its nearest end, e.g. 10 m -> 3 m), a ground "
+             "sampling distance in metres, or none. Polygons stay in the scene's pixel grid.")
+
+
 def prob_dtype() -> Any:
     return choice("uint8", "--prob-dtype", values=PROB_DTYPES,
                   help="uint8 (p*254, nodata 255) or float32 (nodata NaN).")
@@ -131,6 +178,65 @@ def exporter() -> Any:
 
     return choice("torchscript", "--exporter", values=EXPORTERS, check=check,
                   help="torch.onnx exporter.")
+
+
+# --------------------------------------------------------------------------- regional runs
+# (``landslide predict``: inputs at regional scale and Dask distributed, see docs/predict.md)
+
+REGION = "Regional runs (Dask distributed)"
+
+
+def scene_list() -> Any:
+    return typer.Option(None, "--scene-list", rich_help_panel=REGION,
+                        help="A text file of scenes: one path or URL per line, # comments "
+                             "(like @FILE as a scene argument).")
+
+
+def workers() -> Any:
+    return typer.Option(None, "--workers", min=1, rich_help_panel=REGION,
+                        help="Map the scenes on a local Dask cluster of N worker processes.")
+
+
+def scheduler() -> Any:
+    return typer.Option(None, "--scheduler", rich_help_panel=REGION,
+                        help="Map the scenes on a running Dask cluster (scheduler address, "
+                             "e.g. tcp://host:8786).")
+
+
+def threads_per_worker() -> Any:
+    return typer.Option(1, "--threads-per-worker", min=1, rich_help_panel=REGION,
+                        help="Threads of each local worker (--workers).")
+
+
+def band_rows() -> Any:
+    return typer.Option(None, "--band-rows", min=0, rich_help_panel=REGION,
+                        help="Window rows per task (default: split scenes of more than 4096 "
+                             "windows into bands; 0: one task per scene).")
+
+
+def resume() -> Any:
+    return typer.Option(False, "--resume", rich_help_panel=REGION,
+                        help="Skip scenes an earlier run already put into --out (by path, "
+                             "size and modification time, or URL and ETag) and replace --out "
+                             "with the old and the new scenes.")
+
+
+def rescale(what: str) -> Any:
+    """``--rescale``: radiometric conversion into the model's input domain
+    (:mod:`landslide_cli.radiometry`), checked while the command line is parsed."""
+    def parse(value: Any) -> Any:
+        from landslide_cli.radiometry import parse_rescale
+
+        parse_rescale(str(value))
+        return value
+
+    return typer.Option(
+        "auto", "--rescale", parser=parse,
+        metavar="<auto|none|percentile[:LOW,HIGH]|range:MIN,MAX>",
+        help=f"Convert {what} into the model's input range: auto (8-bit for an 8-bit model: "
+             "unchanged; 16-bit/float: percentile:2,98), percentile:LOW,HIGH (the "
+             f"{what}' percentiles onto the model's training percentiles), range:MIN,MAX "
+             "(onto 0..255 for an 8-bit model; MIN,MAX/MIN,MAX/... per band) or none.")
 
 
 # --------------------------------------------------------------------------- training options

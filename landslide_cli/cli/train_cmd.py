@@ -15,6 +15,7 @@ from landslide_cli.cli import common, options
 from landslide_cli.cli.reporting import cli_reporter
 from landslide_cli.errors import LandslideError
 from landslide_cli.train.config import C, DistillConfig, SegmentConfig, resolve_config
+from landslide_cli.train.presets import preset_names
 
 app = typer.Typer(help="Train models: KDA distillation (phase 1) and segmentation (phase 2).",
                   no_args_is_help=True)
@@ -80,13 +81,18 @@ _DATA, _RUN, _MODEL = options.DATA, options.RUN, options.MODEL
        "Start the student from timm (ImageNet) weights.", _MODEL),
     _O("student_weights", Path, ("--student-weights",),
        "Start the student from this timm weights file.", _MODEL),
-    _O("discriminator", str, ("--discriminator",), "Discriminator ViT.", _MODEL,
-       default="the teacher's"),
+    _O("discriminator", str, ("--discriminator",), "Discriminator: kda_authors (the "
+       "authors' design, sigmoid output) or a DINOv2 name (multi-level PatchGAN on that ViT).",
+       _MODEL, default="PatchGAN on the teacher's ViT"),
+    _O("discriminator_vit", str, ("--discriminator-vit",), "Frozen DINOv2 of kda_authors when "
+       "the teacher is not one.", _MODEL, default="the teacher"),
     _O("discriminator_weights", Path, ("--discriminator-weights",),
        "Weights of a separate discriminator ViT.", _MODEL),
     _O("d_levels", int, ("--d-levels",), "Discriminator ViT levels.", _MODEL),
     _O("d_head_width", int, ("--d-head-width",), "Discriminator head width.", _MODEL),
     options.train_choice("method", "kd (KL only) or kda (KL + adversarial)."),
+    options.train_choice("adv_loss", "lsgan (least squares, targets 1/0) or paper (Eq. 2/3: "
+                         "D maximises MSE(D(T), D(S)); needs a sigmoid discriminator)."),
     options.train_choice("loss_weighting",
                          "fixed (0.6/0.4) or adaptive (learned uncertainty)."),
     options.train_choice("align", "last, or intermediate (also a middle stage)."),
@@ -139,8 +145,12 @@ def distill(**values: Any) -> None:
     _O("backbone", str, ("--backbone",), "Backbone.", _MODEL),
     _O("decoder", str, ("--decoder",), "Decoder head: dcf, segformer, upernet, unet.", _MODEL),
     _O("decoder_width", int, ("--decoder-width",), "Decoder width.", _MODEL),
-    _O("init", Path, ("--init",), "Backbone checkpoint from `landslide train distill`, or its "
-       "run folder (its last.safetensors).", _MODEL),
+    _O("init", Path, ("--init",), "Backbone checkpoint from `landslide train distill` (or its "
+       "run folder), or a segmentation checkpoint / shipped model name to fine-tune whole "
+       "(its architecture, input spec and threshold are kept).", _MODEL),
+    _O("preset", str, ("--preset",), "Named option set under --config and flags: few-shot "
+       "(fine-tune an --init model on a few tiles; docs/training.md).", _RUN,
+       values=preset_names("segment")),
     _O("pretrained", bool, ("--pretrained/--random-init",),
        "Start the backbone from timm (ImageNet) weights.", _MODEL),
     _O("weights", Path, ("--weights",), "Local timm weights file for the backbone.", _MODEL),

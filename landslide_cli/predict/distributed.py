@@ -705,11 +705,19 @@ def _backend_for_workers(plan: PredictPlan, model: Any, backend: str, device: st
             raise LandslideError("this model object cannot be sent to Dask workers; pass "
                                  "the model's path or name") from None
         from landslide_cli.backends import backend_choices
+        from landslide_cli.onnx_backend import OnnxBackend
 
+        tta = str(getattr(plan.options, "tta", "none"))
+        inner = plan.backend
+        while not isinstance(inner, OnnxBackend) and hasattr(inner, "backend"):
+            inner = inner.backend  # e.g. the TTA wrapper
+        if isinstance(inner, OnnxBackend):
+            # `auto` on CPU runs a checkpoint through its cached ONNX export: workers open
+            # that very file (on a remote cluster it must be on a path they share)
+            return None, (str(inner.model_path), "onnx", device, tta)
         chosen = str(getattr(plan.backend, "name", backend))  # the runtime the client chose
         return None, (None if model is None else str(model),
-                      chosen if chosen in backend_choices() else backend, device,
-                      str(getattr(plan.options, "tta", "none")))
+                      chosen if chosen in backend_choices() else backend, device, tta)
     return plan.backend, None
 
 

@@ -16,7 +16,7 @@ import resource
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ import numpy as np
 import shapely
 
 from landslide_cli import __version__
-from landslide_cli.backends import Backend, open_backend
+from landslide_cli.backends import Backend
 from landslide_cli.errors import DataError, LandslideError
+from landslide_cli.precision import check_precision, precision_fields, precision_row
+from landslide_cli.predict.merge import Inventory, LandslideSink, output_measure, scene_extent
 from landslide_cli.predict.raster import (
     PROB_DTYPES,
     BatchItem,
@@ -39,20 +41,35 @@ from landslide_cli.predict.raster import (
     parse_bands,
     select_bands,
 )
+from landslide_cli.predict.remote import RemoteScene, local_inputs, open_source, scene_arg
+from landslide_cli.predict.resample import (
+    ResolutionCheck,
+    WindowResampler,
+    check_resolution,
+    parse_resample_to,
+    scene_ground_sampling,
+)
 from landslide_cli.predict.vectors import (
     FootprintBuilder,
     PolygonBatch,
     Polygonizer,
     Reprojector,
     SceneGeo,
-    VectorWriter,
     check_vector_targets,
     open_vector_writer,
 )
 from landslide_cli.predict.windows import GridLayout, Stitcher
 from landslide_cli.preprocess import InputSpec
+from landslide_cli.radiometry import (
+    BandMapping,
+    check_nodata,
+    identity_mapping,
+    parse_rescale,
+    scene_mapping,
+)
 from landslide_cli.reporting import ProgressHandle, Reporter, as_reporter
 from landslide_cli.safety import Staged, check_distinct, check_target, first_line, same_file
+from landslide_cli.tta import check_tta, tta_of, with_tta
 
 #: finished polygons are appended to the GeoPackage in chunks of this many
 WRITE_CHUNK = 5000
@@ -73,6 +90,14 @@ class SceneSummary:
     valid_pixels: int = 0
     seconds: float = 0.0
     prob_out: str | None = None
+    #: the ``--rescale`` mapping applied (per band, scene units -> model units), see
+    #: :meth:`landslide_cli.radiometry.BandMapping.to_dict`
+    rescale: dict[str, Any] | None = None
+    #: ground sampling distance in metres (None: no CRS), the GSD windows were resampled to
+    #: (``--resample-to``; None: native) and the resolution warning, if any
+    gsd_m: float | None = None
+    resample_m: float | None = None
+    resolution_warning: str | None = None
 
 
 @dataclass
@@ -100,6 +125,20 @@ class PredictSummary:
     prob_out: list[str] = field(default_factory=list)
     quicklooks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: test-time augmentation (``--tta``) and BatchNorm re-estimation (``--adapt-bn``:
+    #: ``{"layers", "windows", "batches"}``, ``None`` when off)
+    tta: str = "none"
+    adapt_bn: dict[str, Any] | None = None
+    #: ``--precision`` used (fp32, bf16, fp16, int8) and its check against fp32 (``None``: none)
+    precision: str = "fp32"
+    precision_check: dict[str, Any] | None = None
+
+    #: polygons of overlapping scenes dissolved into others by the overlap rule (merge.py)
+    dissolved: int = 0
+    #: scenes that failed twice (distributed runs): ``{"scene", "path", "error"}``
+    failed: list[dict[str, str]] = field(default_factory=list)
+    #: scenes taken from the resume state of an earlier run (``--resume``), not read again
+    resumed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -140,6 +179,18 @@ class PredictOptions:
         quicklook: also write a PNG of each scene with its polygons drawn over it (several
             scenes: ``<stem>_<scene stem>.png``); published together with the vector output.
         overwrite: replace existing outputs (never an input of the run).
+        rescale: radiometric conversion into the model's input domain, ``auto``, ``none``,
+            ``percentile[:LOW,HIGH]`` or ``range:MIN,MAX`` (see :mod:`landslide_cli.radiometry`).
+        nodata: supplies or replaces the scenes' nodata value (alpha bands and masks still
+            apply).
+        tta: test-time augmentation, a name of :data:`landslide_cli.tta.TTA_MODES`
+            (``none``, ``flips``, ``d4``): probabilities averaged over flips/rotations.
+        adapt_bn: re-estimate the model's BatchNorm statistics on up to ``adapt_bn_windows``
+            windows of the scenes before predicting (torch backend only, see
+            :mod:`landslide_cli.adapt`).
+        resample_to: ``None``/``"none"`` (windows at the scene's resolution), ``"auto"``
+            (scenes outside the model's ``resolution_m`` are resampled to its nearest end) or
+            a ground sampling distance in metres; see :mod:`landslide_cli.predict.resample`.
     """
 
     tile: int | None = None
@@ -154,6 +205,14 @@ class PredictOptions:
     crs: Any = None
     quicklook: str | os.PathLike[str] | None = None
     overwrite: bool = False
+    rescale: str = "auto"
+    nodata: float | None = None
+    tta: str = "none"
+    adapt_bn: bool = False
+    adapt_bn_windows: int = 64
+    resample_to: str | float | None = None
+    #: ``auto``, ``fp32``, ``bf16`` or ``int8`` (:mod:`landslide_cli.precision`)
+    precision: str = "auto"
 
     def validate(self) -> None:
         """Raise a one-line :class:`LandslideError` for the first value out of range."""
@@ -171,9 +230,16 @@ class PredictOptions:
             raise LandslideError(
                 f"--prob-dtype {self.prob_dtype!r}: use {' or '.join(PROB_DTYPES)}")
         self.band_list()
+        parse_rescale(self.rescale)
+        check_tta(self.tta)
+        if self.adapt_bn_windows < 1:
+            raise LandslideError(f"--adapt-bn-windows {self.adapt_bn_windows}: must be at "
+                                 "least 1")
+        parse_resample_to(self.resample_to)
+        check_precision(self.precision)
 
-    def band_list(self) -> list[int] | None:
-        """:attr:`bands` parsed (``None``: the model's bands)."""
+    def band_list(self) -> list[int | str] | None:
+        """:attr:`bands` parsed: numbers and names (``None``: the model's bands)."""
         return parse_bands(self.bands)
 
 
@@ -200,6 +266,9 @@ class PlannedScene:
     bands: list[int]  # 1-based band indexes read
     prob_target: Path | None
     look_target: Path | None
+    rescale: BandMapping | None = None  # the --rescale mapping (None: values as read)
+    resolution: ResolutionCheck | None = None  # GSD vs the model's range (--resample-to)
+    resampler: WindowResampler | None = None  # None: windows run at native resolution
 
 
 @dataclass
@@ -215,11 +284,18 @@ class PredictPlan:
     threshold: float
     crs: Any
     warnings: list[str]
+    #: set by :func:`prepare_backend` when ``--adapt-bn`` re-estimated BatchNorm statistics
+    adaptation: dict[str, Any] | None = None
 
     def total_windows(self) -> int:
-        return sum(len(self.layout(s.info)) for s in self.scenes)
+        return sum(len(self.layout(s.info, s.resampler)) for s in self.scenes)
 
-    def layout(self, info: SceneInfo) -> GridLayout:
+    def layout(self, info: SceneInfo, resampler: WindowResampler | None = None) -> GridLayout:
+        """The scene's windows, in native pixels (with ``resampler``: sized so that each one
+        resampled to the model's scale fills at most one tile)."""
+        if resampler is not None:
+            rows, cols = resampler.native_tile
+            return GridLayout(info.height, info.width, rows, self.options.overlap, cols)
         return GridLayout(info.height, info.width, self.tile, self.options.overlap)
 
 
@@ -229,35 +305,73 @@ def plan_predict(scenes: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     """Check every input and output and open the backend; raise before anything is written."""
     paths = _scene_paths(scenes)
     options.validate()
+    if options.adapt_bn:
+        from landslide_cli.adapt import check_adapt_request
+
+        check_adapt_request(model, backend)
     band_list = options.band_list()
+    sources = _open_sources(paths, model)  # URLs and STAC Items -> what GDAL opens
+    paths = local_inputs(sources)  # the local files read (never overwritten)
     vector_targets = check_vector_targets(out, overwrite=options.overwrite, inputs=paths)
-    infos = [open_scene(p) for p in paths]
+    infos = [open_scene(p) for p in sources]
+    infos = _with_nodata(infos, options.nodata)
     prob_targets = _check_targets(_prob_targets(options.prob_out, infos), options, paths,
                                   what="--prob-out", suffixes=(".tif", ".tiff"))
-    look_targets = _check_targets(_quicklook_targets(options.quicklook, paths), options,
+    look_targets = _check_targets(_quicklook_targets(options.quicklook, sources), options,
                                   paths, what="--quicklook", suffixes=(".png",))
     check_distinct([*vector_targets, *(("--prob-out", t) for t in prob_targets),
                     *(("--quicklook", t) for t in look_targets)])
     requested_crs = _resolve_crs(options.crs)
-    _check_scenes_against_header(model, infos, band_list)
-    be = _resolve_backend(model, backend, device)
+    _check_scenes_against_header(model, infos, band_list, options.rescale)
+    be = _resolve_backend(model, backend, device, options)
+    if options.adapt_bn:
+        from landslide_cli.adapt import torch_model
+
+        torch_model(be)  # a one-line error for ONNX, baselines and stand-ins
     tile = _window_size(be, options.tile)
     threshold = float(be.threshold if options.threshold is None else options.threshold)
-    bands = [_scene_bands(info, be.spec, band_list) for info in infos]
+    bands = [_scene_bands(info, be.spec, band_list, options.rescale) for info in infos]
     out_crs, warnings = _output_crs(infos, requested_crs)
+    if getattr(be, "precision_note", ""):
+        warnings.append(str(be.precision_note))  # e.g. bf16 failed its check: fp32
     planned = [PlannedScene(*row) for row in zip(infos, _scene_labels(infos), bands,
                                                   prob_targets, look_targets, strict=True)]
+    _plan_rescale(planned, be.spec, options, warnings)
+    _plan_resolution(planned, be.spec, options, tile, warnings)
     return PredictPlan(out=Path(out), options=options, scenes=planned, backend=be, tile=tile,
                        threshold=threshold, crs=out_crs, warnings=warnings)
 
 
+def prepare_backend(plan: PredictPlan, reporter: Reporter | None = None) -> None:
+    """Make ``plan.backend`` the model the run predicts with: BatchNorm statistics
+    re-estimated on the plan's scenes (``--adapt-bn``, on a copy of the model; recorded in
+    ``plan.adaptation``), then wrapped for test-time augmentation (``--tta``)."""
+    opts = plan.options
+    if opts.adapt_bn:
+        from landslide_cli.adapt import SceneWindows, adapt_backend, choose_windows, scene_batches
+
+        scenes = [SceneWindows(s.info, s.bands, plan.layout(s.info, s.resampler),
+                               {"rescale": s.rescale, "resampler": s.resampler})
+                  for s in plan.scenes]  # read exactly as SceneRun reads them
+        chosen = choose_windows(scenes, opts.adapt_bn_windows)
+        batches = scene_batches(scenes, chosen, spec=plan.backend.spec,
+                                batch_size=opts.batch_size)
+        plan.backend, done = adapt_backend(plan.backend, batches, total=len(chosen),
+                                           reporter=reporter)
+        plan.adaptation = done.to_dict()
+        if done.note:
+            plan.warnings.append(done.note)
+            as_reporter(reporter).warn(done.note)
+    plan.backend = with_tta(plan.backend, opts.tta)
+
+
 def _scene_paths(scenes: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-                 ) -> list[Path]:
-    """The scene paths (one or several), refusing none and one scene given twice (it would
-    duplicate every polygon)."""
+                 ) -> list[Any]:
+    """The scene paths (one or several; URLs stay text), refusing none and one scene given
+    twice (it would duplicate every polygon)."""
     given = [scenes] if isinstance(scenes, (str, os.PathLike)) else list(scenes)
-    out: list[Path] = []
-    for p in map(Path, given):
+    out: list[Any] = []
+    for p in map(scene_arg, given):
         for q in out:
             if same_file(p, q):
                 raise LandslideError(
@@ -340,21 +454,29 @@ def _peek_spec(model: Any) -> InputSpec | None:
 
 
 def _check_scenes_against_header(model: Any, infos: Sequence[SceneInfo],
-                                 band_list: list[int] | None) -> None:
-    """Refuse scenes whose bands or data type do not fit the model, from the checkpoint
-    header alone (before a model is built), when the header can be read."""
+                                 band_list: list[int | str] | None, rescale: str = "auto"
+                                 ) -> None:
+    """Refuse scenes whose bands (or, with ``--rescale none``, data type) do not fit the
+    model, from the checkpoint header alone (before a model is built), when it can be read."""
     peeked = _peek_spec(model)
     if peeked is not None:
         for info in infos:
-            check_dtype(info, peeked, select_bands(info, peeked, band_list))
+            _scene_bands(info, peeked, band_list, rescale)
 
 
-def _resolve_backend(model: Any, backend: str, device: str) -> Backend:
+def _resolve_backend(model: Any, backend: str, device: str,
+                     options: PredictOptions | None = None) -> Backend:
     if model is not None and not isinstance(model, (str, os.PathLike)):
         if not all(hasattr(model, a) for a in ("predict", "spec", "threshold")):
             raise LandslideError("model must be a path, a model name or an open Backend")
         return model  # an already-open Backend (or a stand-in implementing the protocol)
-    return open_backend(model, backend=backend, device=device)
+    from landslide_cli.onnx_cache import open_auto_backend
+
+    opts = options or PredictOptions()
+    if opts.adapt_bn and backend == "auto":
+        backend = "torch"  # --adapt-bn re-estimates a torch model's BatchNorm statistics
+    return open_auto_backend(model, backend=backend, device=device, precision=opts.precision,
+                             tile=opts.tile)
 
 
 def _window_size(be: Backend, tile: int | None) -> int:
@@ -369,11 +491,58 @@ def _window_size(be: Backend, tile: int | None) -> int:
     return size
 
 
-def _scene_bands(info: SceneInfo, spec: InputSpec, band_list: list[int] | None) -> list[int]:
-    """The bands read from ``info`` for a model with input ``spec``, data type checked."""
+def _scene_bands(info: SceneInfo, spec: InputSpec, band_list: list[int | str] | None,
+                 rescale: str = "auto") -> list[int]:
+    """The bands read from ``info`` for a model with input ``spec``; with ``--rescale none``
+    the data type is checked (any other mode converts it)."""
     chosen = select_bands(info, spec, band_list)
-    check_dtype(info, spec, chosen)
+    if parse_rescale(rescale).mode == "none":
+        check_dtype(info, spec, chosen)
     return chosen
+
+
+def _with_nodata(infos: list[SceneInfo], nodata: float | None) -> list[SceneInfo]:
+    """The scenes with ``--nodata`` supplying or replacing their nodata value."""
+    if nodata is None:
+        return infos
+    for info in infos:
+        check_nodata(float(nodata), info.dtypes)
+    return [replace(info, nodata_override=float(nodata)) for info in infos]
+
+
+def _plan_rescale(planned: Sequence[PlannedScene], spec: InputSpec, options: PredictOptions,
+                  warnings: list[str]) -> None:
+    """Each scene's ``--rescale`` mapping (statistics from overviews or sampled windows)."""
+    for scene in planned:
+        info = scene.info
+        scene.rescale = scene_mapping(
+            options.rescale, spec, info.path, scene.bands,
+            [info.dtypes[i - 1] for i in scene.bands], nodata=info.nodata_override,
+            name=scene.label)
+        warnings.extend(f"{scene.label}: --rescale: {note}" for note in scene.rescale.notes)
+
+
+def _open_sources(paths: Sequence[Any], model: Any) -> list[Path | RemoteScene]:
+    """Local scenes as they are; URLs and STAC Items as what GDAL opens (a STAC Item's assets
+    chosen for the bands the model expects, by the checkpoint's header when it can be read)."""
+    spec = _peek_spec(model) or InputSpec()
+    return [open_source(p, bands=list(spec.bands), dtype=spec.dtype) for p in paths]
+
+
+def _plan_resolution(planned: Sequence[PlannedScene], spec: InputSpec, options: PredictOptions,
+                     tile: int, warnings: list[str]) -> None:
+    """Each scene's GSD against the model's ``resolution_m``: its warning, and the window
+    resampler of ``--resample-to`` (``None``: native windows)."""
+    mode = parse_resample_to(options.resample_to)
+    for scene in planned:
+        gsd = scene_ground_sampling(scene.info)
+        check = check_resolution(scene.label, gsd, spec.resolution_m, mode)
+        scene.resolution = check
+        if check.target_m is not None and gsd is not None:
+            scene.resampler = WindowResampler.for_scene(gsd, check.target_m, tile,
+                                                        label=scene.label)
+        if check.warning:
+            warnings.append(check.warning)
 
 
 def _output_crs(infos: Sequence[SceneInfo], requested: Any) -> tuple[Any, list[str]]:
@@ -403,6 +572,51 @@ def _crs_text(crs: Any) -> str | None:
 def _scene_labels(infos: Sequence[SceneInfo]) -> list[str]:
     names = [s.path.name for s in infos]
     return [str(s.path) if names.count(s.path.name) > 1 else s.path.name for s in infos]
+
+
+class RowBand:
+    """Window rows ``[start, stop)`` of a scene's :class:`GridLayout` (one task of a
+    distributed run; the whole scene by default), read like a layout by the reader.
+
+    Reading starts at :attr:`first`, the first earlier row whose windows reach the band: those
+    rows are stitched but not kept, so the band's first block rows blend exactly as in the
+    whole scene.
+    """
+
+    def __init__(self, layout: GridLayout, start: int, stop: int) -> None:
+        rows = layout.rows
+        if not 0 <= start < stop <= len(rows):
+            raise LandslideError(f"window rows {start}..{stop} outside 0..{len(rows)}")
+        self.layout, self.start, self.stop, self.tile = layout, start, stop, layout.tile
+        first = start
+        while first > 0 and rows.starts[first - 1] + rows.extent(first - 1) > rows.starts[start]:
+            first -= 1
+        self.first = first
+
+    def __getattr__(self, name: str) -> Any:  # anything else: the scene's layout
+        return getattr(self.layout, name)
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * len(self.layout.cols)
+
+    def windows(self):
+        """``(r, c, y0, x0, h, w)`` of rows ``first..stop-1`` (like ``GridLayout.windows``)."""
+        rows, cols = self.layout.rows, self.layout.cols
+        for r in range(self.first, self.stop):
+            y0, h = rows.starts[r], rows.extent(r)
+            for c in range(len(cols)):
+                yield r, c, y0, cols.starts[c], h, cols.extent(c)
+
+    def stitcher(self) -> Stitcher:
+        """A stitcher that starts at row :attr:`first` (with nothing carried into it)."""
+        stitcher = Stitcher(self.layout)
+        stitcher._next = self.first * len(self.layout.cols)  # windows before it: none
+        return stitcher
+
+    def pixel_rows(self) -> tuple[int, int]:
+        """The scene rows whose blocks this band finishes."""
+        rows = self.layout.rows
+        return rows.starts[self.start], rows.final_end(self.stop - 1)
 
 
 class _Worker:
@@ -485,6 +699,13 @@ def predict_scenes(
     crs: Any = None,
     quicklook: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    rescale: str = "auto",
+    nodata: float | None = None,
+    tta: str = "none",
+    adapt_bn: bool = False,
+    adapt_bn_windows: int = 64,
+    resample_to: str | float | None = None,
+    precision: str = "auto",
     reporter: Reporter | None = None,
     options: PredictOptions | None = None,
 ) -> PredictSummary:
@@ -498,9 +719,15 @@ def predict_scenes(
             refused if it exists unless ``overwrite``).
         model: checkpoint path, ONNX file, shipped model name, ``None`` for the default model,
             or an already-open :class:`~landslide_cli.backends.Backend`.
-        backend, device: passed to :func:`~landslide_cli.backends.open_backend`.
+        backend, device, precision: passed to
+            :func:`~landslide_cli.onnx_cache.open_auto_backend`.
         tile, overlap, batch_size, bands, threshold, min_area, simplify, prob_out, prob_dtype,
-            crs, quicklook, overwrite: the run's options, see :class:`PredictOptions`.
+            crs, quicklook, overwrite, rescale, nodata: the run's options, see
+            :class:`PredictOptions`.
+        tta, adapt_bn, adapt_bn_windows: test-time augmentation and BatchNorm re-estimation
+            on the scenes (opt-in), see :class:`PredictOptions`.
+        resample_to: ``--resample-to`` (``None``, ``"auto"`` or metres), see
+            :class:`PredictOptions`.
         reporter: where warnings and the progress (in windows) go; ``None`` says nothing
             (the CLI passes its Rich reporter).
         options: all the options at once, instead of the option keywords (then those must
@@ -514,11 +741,14 @@ def predict_scenes(
     options = _chosen_options(options, PredictOptions(
         tile=tile, overlap=overlap, batch_size=batch_size, bands=bands, threshold=threshold,
         min_area=min_area, simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype,
-        crs=crs, quicklook=quicklook, overwrite=overwrite))
+        crs=crs, quicklook=quicklook, overwrite=overwrite, rescale=rescale, nodata=nodata,
+        tta=tta, adapt_bn=adapt_bn,
+        adapt_bn_windows=adapt_bn_windows, resample_to=resample_to, precision=precision))
     plan = plan_predict(scenes, out, options, model=model, backend=backend, device=device)
     rep = as_reporter(reporter)
     for message in plan.warnings:
         rep.warn(message)
+    prepare_backend(plan, rep)
     run = PredictRun(plan, rep)
     run.execute()
     return run.summary(time.perf_counter() - started)
@@ -597,13 +827,20 @@ class PredictRun:
         self.footprint_geoms: list[Any] = []
         self.run_rows: list[dict[str, Any]] = []
         self.forward_seconds = 0.0
-        self.next_id = 1  # of the next landslide polygon, counted over all scenes
+        #: the landslides layer, with the overlap rule applied (see :mod:`.merge`)
+        self.inventory = self.make_inventory([scene_extent(s.info, plan.crs)
+                                              for s in plan.scenes])
+
+    def make_inventory(self, extents: list[Any]) -> Inventory:
+        """The run's :class:`~landslide_cli.predict.merge.Inventory` over scene ``extents``."""
+        return Inventory(self.outputs.writer, extents, output_measure(self.plan.crs, extents))
 
     def execute(self) -> None:
         try:
             with gdal_env():
-                for scene in self.plan.scenes:
-                    self.run_scene(scene)
+                for index, scene in enumerate(self.plan.scenes):
+                    self.run_scene(scene, index)
+                self.inventory.finish()
                 self.write_tables()
             self.bar.close()
             self.outputs.publish()
@@ -614,22 +851,25 @@ class PredictRun:
         finally:
             self.bar.close()
 
-    def run_scene(self, scene: PlannedScene) -> None:
+    def run_scene(self, scene: PlannedScene, index: int = 0) -> None:
         """Predict one scene into the vector output (and its COG), and record it."""
         self.bar.describe(scene.label)
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         pw = self.outputs.open_prob_writer(scene)
-        run = SceneRun(self.plan, scene, self.outputs.writer, pw, self.bar,
-                       first_id=self.next_id)
+        run = SceneRun(self.plan, scene, self.inventory, pw, self.bar, index=index)
         footprint, footprint_area = run.run()
         self.forward_seconds += run.forward_seconds
-        self.next_id = run.next_id
         summary = run.summary
         if pw is not None:
             pw.finish()
             summary.prob_out = str(scene.prob_target)
         summary.seconds = time.perf_counter() - t0
+        self.record_scene(scene, summary, footprint, footprint_area, started)
+
+    def record_scene(self, scene: PlannedScene, summary: SceneSummary, footprint: Any,
+                     footprint_area: float, started: datetime) -> None:
+        """Add a finished scene to the summary and the ``footprints``/``runs`` tables."""
         self.scenes.append(summary)
         self.footprint_rows["scene"].append(scene.label)
         self.footprint_rows["valid_pixels"].append(summary.valid_pixels)
@@ -651,6 +891,11 @@ class PredictRun:
             "device": str(be.device), "crs": _crs_text(plan.crs),
             "tiles": summary.tiles, "polygons": summary.polygons,
             "min_area_m2": float(opts.min_area), "simplify_m": float(opts.simplify),
+            "tta": tta_of(be),
+            "adapt_bn_windows": int((plan.adaptation or {}).get("windows", 0)),
+            **precision_row(be),
+            **(scene.rescale or identity_mapping(opts.rescale)).columns(be.spec.scale),
+            **(scene.resolution.record() if scene.resolution is not None else {}),
         }
 
     def write_tables(self) -> None:
@@ -665,8 +910,9 @@ class PredictRun:
             out=str(plan.out), scenes=scenes,
             tiles=sum(s.tiles for s in scenes),
             tiles_skipped=sum(s.tiles_skipped for s in scenes),
-            polygons=sum(s.polygons for s in scenes),
-            landslide_area_m2=float(sum(s.landslide_area_m2 for s in scenes)),
+            polygons=self.inventory.polygons,  # after the overlap rule
+            landslide_area_m2=self.inventory.area_m2,
+            dissolved=self.inventory.dissolved,
             seconds=seconds, forward_seconds=self.forward_seconds,
             peak_rss_mb=peak_rss_mb(), device=str(be.device), backend=be.name,
             model=be.model_name, model_sha256=be.model_sha256, threshold=plan.threshold,
@@ -675,6 +921,7 @@ class PredictRun:
             prob_out=[str(s.prob_target) for s in plan.scenes if s.prob_target is not None],
             quicklooks=[str(look.target) for look in self.outputs.looks],
             warnings=list(plan.warnings),
+            tta=tta_of(be), adapt_bn=plan.adaptation, **precision_fields(be),
         )
 
 
@@ -687,39 +934,56 @@ class SceneRun:
     filtered) and are appended to the vector output in chunks by :meth:`flush`.
     """
 
-    def __init__(self, plan: PredictPlan, scene: PlannedScene, writer: VectorWriter,
-                 prob_writer: ProbWriter | None, bar: ProgressHandle, *, first_id: int) -> None:
+    def __init__(self, plan: PredictPlan, scene: PlannedScene, sink: LandslideSink,
+                 prob_writer: ProbWriter | None, bar: ProgressHandle, *, index: int = 0,
+                 rows: tuple[int, int] | None = None) -> None:
+        """``sink`` receives the finished polygons (see :mod:`.merge`) as scene ``index``;
+        ``rows``: only this range of window rows (a band of a distributed run)."""
         info, opts = scene.info, plan.options
-        self.scene, self.backend, self.writer, self.prob_writer, self.bar = (
-            scene, plan.backend, writer, prob_writer, bar)
+        self.scene, self.backend, self.sink, self.prob_writer, self.bar = (
+            scene, plan.backend, sink, prob_writer, bar)
+        self.index = index
         self.tile, self.batch_size, self.min_area = plan.tile, opts.batch_size, opts.min_area
-        self.layout = plan.layout(info)
-        self.stitcher = Stitcher(self.layout)
+        self.layout = plan.layout(info, scene.resampler)
+        self.band = RowBand(self.layout, *(rows or (0, len(self.layout.rows))))
+        self.stitcher = self.band.stitcher()
         self.geo = SceneGeo(info.crs, info.transform, info.width, info.height)
         self.reproject = Reprojector(info.crs, plan.crs)
         self.summary = SceneSummary(scene=scene.label, path=str(info.path), width=info.width,
                                     height=info.height, crs=_crs_text(info.crs),
-                                    bands=list(scene.bands))
+                                    bands=list(scene.bands),
+                                    rescale=None if scene.rescale is None
+                                    else scene.rescale.to_dict(plan.backend.spec.scale))
+        if scene.resolution is not None:
+            res = scene.resolution.record()
+            self.summary.gsd_m, self.summary.resample_m = res["gsd_m"], res["resample_m"]
+            self.summary.resolution_warning = scene.resolution.warning
         pixel = self.geo.pixel_size_m
         self.tol_px = opts.simplify / pixel if opts.simplify > 0 and pixel > 0 else 0.0
         self.buffered: list[dict[str, Any]] = []  # emitted polygons not yet written
         self.pending = 0  # polygons in ``buffered``
-        self.next_id = first_id
         self.forward_seconds = 0.0
-        self.polygonizer = Polygonizer(info.width, plan.threshold, self.emit)
+        self.polygonizer = Polygonizer(info.width, plan.threshold, self.emit,
+                                       open_top=self.band.start > 0)
         all_valid = not info.needs_mask(scene.bands) and not info.is_float(scene.bands)
         self.footprint = FootprintBuilder(info.height, info.width, all_valid=all_valid)
 
     def run(self) -> tuple[Any, float]:
         """Predict the whole scene; return its footprint (in the output CRS) and its area."""
+        self.predict()
+        return self.finish_footprint()
+
+    def predict(self) -> None:
+        """Read, predict, stitch and polygonize the windows (of the band), then flush."""
         info = self.scene.info
-        with PrefetchReader(info, self.layout, self.scene.bands, self.backend.spec,
-                            self.batch_size) as reader, _Worker(self.post) as worker:
+        with PrefetchReader(info, self.band, self.scene.bands, self.backend.spec,
+                            self.batch_size, rescale=self.scene.rescale,
+                            resampler=self.scene.resampler) as reader, \
+                _Worker(self.post) as worker:
             for item in reader:
                 worker.submit(item, self.forward(item))
             worker.drain()
         self.flush()
-        return self.finish_footprint()
 
     def forward(self, item: BatchItem) -> np.ndarray | None:
         """The model's probabilities for the batch (``None`` when every window is skipped)."""
@@ -739,6 +1003,12 @@ class SceneRun:
         """Stitch, write and polygonize one batch (runs beside the next forward pass)."""
         for win in item.windows:
             pred = None if win.slot is None or preds is None else preds[win.slot]
+            if pred is not None and self.scene.resampler is not None:  # back to native pixels
+                pred = self.scene.resampler.to_scene(pred, self.layout.rows.extent(win.row),
+                                                     self.layout.cols.extent(win.col))
+            if win.row < self.band.start:  # read only to blend the band's first rows
+                self.stitcher.add(pred, win.valid)
+                continue
             if pred is None:
                 self.summary.tiles_skipped += 1
             else:
@@ -772,29 +1042,37 @@ class SceneRun:
             self.flush()
 
     def flush(self) -> None:
-        """Append the buffered polygons to the vector output, numbered on from ``next_id``."""
+        """Hand the buffered polygons (in the output CRS) to the sink."""
         if not self.buffered:
             return
         n = self.pending
-        ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
-        self.next_id += n
         rows = {
-            "id": ids, "scene": [self.scene.label] * n,
+            "scene": [self.scene.label] * n,
             **{k: np.concatenate([b[k] for b in self.buffered])
                for k in ("area_m2", "perimeter_m", "mean_prob", "max_prob")},
         }
         geoms = np.concatenate([b["geometry"] for b in self.buffered])
-        self.writer.append_landslides(rows, self.reproject(geoms))
+        self.sink.add(self.index, rows, self.reproject(geoms))
         self.buffered.clear()
         self.pending = 0
 
-    def finish_footprint(self) -> tuple[Any, float]:
+    def band_footprint(self) -> tuple[Any, int]:
+        """The band's valid-pixel outline (pixel coordinates) and its valid pixels."""
+        if self.footprint.all_valid:
+            y0, y1 = self.band.pixel_rows()
+            return shapely.box(0, y0, self.scene.info.width, y1), (y1 - y0) * \
+                self.scene.info.width
+        return self.footprint.geometry(), self.footprint.valid_pixels
+
+    def finish_footprint(self, pixels: tuple[Any, int] | None = None) -> tuple[Any, float]:
         """The scene's valid-pixel footprint in the output CRS and its area in m²; refuse a
-        scene without any valid pixel."""
-        self.summary.valid_pixels = self.footprint.valid_pixels
+        scene without any valid pixel. ``pixels``: the outline (pixel coordinates) and valid
+        pixels merged from the scene's bands (default: this run's)."""
+        outline, valid = pixels or (self.footprint.geometry(), self.footprint.valid_pixels)
+        self.summary.valid_pixels = valid
         if self.summary.valid_pixels == 0:
             raise DataError(
                 f"{self.scene.info.path}: no valid pixels (every pixel is nodata or masked)")
-        fp = self.geo.to_crs(self.footprint.geometry())
+        fp = self.geo.to_crs(outline)
         fp_area = float(self.geo.measure([fp])[0][0])
         return self.reproject(fp), fp_area

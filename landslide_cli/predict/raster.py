@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,13 @@ from rasterio.windows import Window
 from landslide_cli.errors import DataError, LandslideError
 from landslide_cli.predict.windows import Block, GridLayout
 from landslide_cli.preprocess import InputSpec, normalize
+from landslide_cli.radiometry import (
+    BandMapping,
+    band_validity,
+    bands_by_name,
+    parse_band_tokens,
+    resolve_bands,
+)
 from landslide_cli.safety import Staged, first_line, temp_path
 
 #: GDAL block cache while predicting. GDAL's default (5 % of RAM) would let the cache of
@@ -50,9 +57,14 @@ GDAL_TYPE_NAMES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16":
 
 @dataclass
 class SceneInfo:
-    """What ``predict`` needs to know about a scene, read from its header only."""
+    """What ``predict`` needs to know about a scene, read from its header only.
 
-    path: Path
+    ``path`` is a local :class:`~pathlib.Path` or a
+    :class:`~landslide_cli.predict.remote.RemoteScene` (a URL or STAC Item: ``os.fspath`` is
+    what GDAL opens, ``str`` the input as given, ``name``/``stem`` label it).
+    """
+
+    path: Path  # or a RemoteScene (os.PathLike with name and stem)
     width: int
     height: int
     count: int
@@ -62,6 +74,9 @@ class SceneInfo:
     nodata: float | None
     mask_flags: tuple[tuple[MaskFlags, ...], ...]
     colorinterp: tuple[str, ...] = field(default=())
+    descriptions: tuple[str | None, ...] = field(default=())
+    #: ``--nodata``: replaces the file's nodata value (alpha bands and masks still apply)
+    nodata_override: float | None = None
 
     @property
     def name(self) -> str:
@@ -69,6 +84,8 @@ class SceneInfo:
 
     def needs_mask(self, indexes: list[int]) -> bool:
         """Whether some pixel of the chosen bands can be invalid (nodata, alpha, mask)."""
+        if self.nodata_override is not None:
+            return True
         return any(MaskFlags.all_valid not in self.mask_flags[i - 1] for i in indexes)
 
     def is_float(self, indexes: list[int]) -> bool:
@@ -76,12 +93,18 @@ class SceneInfo:
 
 
 def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
-    """Read a scene's header; any problem is a one-line :class:`DataError`."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"scene not found: {p}")
-    if not p.is_file():
-        raise DataError(f"scene is not a file: {p}")
+    """Read a scene's header; any problem is a one-line :class:`DataError`. ``path``: a local
+    file, a raster URL or a :class:`~landslide_cli.predict.remote.RemoteScene`."""
+    from landslide_cli.predict.remote import RemoteScene, open_source, scene_arg
+
+    p: Any = scene_arg(path)
+    if isinstance(p, str):  # a raster URL
+        p = open_source(p)
+    if not isinstance(p, RemoteScene):
+        if not p.exists():
+            raise DataError(f"scene not found: {p}")
+        if not p.is_file():
+            raise DataError(f"scene is not a file: {p}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -91,46 +114,45 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
                     dtypes=tuple(ds.dtypes), crs=ds.crs, transform=ds.transform,
                     nodata=ds.nodata, mask_flags=tuple(tuple(f) for f in ds.mask_flag_enums),
                     colorinterp=tuple(ci.name for ci in ds.colorinterp),
+                    descriptions=tuple(ds.descriptions),
                 )
     except RasterioError as exc:
-        raise DataError(f"{p}: not a raster GDAL can read ({first_line(exc)})") from None
+        what = "cannot read the remote scene" if isinstance(p, RemoteScene) \
+            else "not a raster GDAL can read"
+        raise DataError(f"{p}: {what} ({first_line(exc)})") from None
     if info.count == 0 or info.width == 0 or info.height == 0:
         raise DataError(f"{p}: raster has no pixels or no bands")
     return info
 
 
-def parse_bands(bands: str | list[int] | tuple[int, ...] | None) -> list[int] | None:
-    """``"1,2,3"`` or ``[1, 2, 3]`` -> ``[1, 2, 3]`` (1-based), ``None`` stays ``None``."""
-    if bands is None:
-        return None
-    if isinstance(bands, str):
-        try:
-            values = [int(b) for b in bands.replace(" ", "").split(",") if b]
-        except ValueError:
-            raise LandslideError(
-                f"--bands {bands!r}: expected 1-based band numbers like 1,2,3"
-            ) from None
-    else:
-        values = [int(b) for b in bands]
-    if not values or any(b < 1 for b in values):
-        raise LandslideError(f"--bands {bands!r}: expected 1-based band numbers like 1,2,3")
-    return values
+def parse_bands(bands: str | Sequence[int | str] | None) -> list[int | str] | None:
+    """``"1,2,3"``, ``"red,green,blue"`` or a list -> 1-based numbers and band names (resolved
+    per scene by :func:`select_bands`); ``None`` stays ``None``."""
+    return parse_band_tokens(bands)
 
 
-def select_bands(scene: SceneInfo, spec: InputSpec, bands: list[int] | None) -> list[int]:
+def select_bands(scene: SceneInfo, spec: InputSpec,
+                 bands: Sequence[int | str] | None) -> list[int]:
     """1-based band indices to read from ``scene`` for a model with ``spec``.
 
-    ``bands`` (``--bands``) wins; else the model's ``band_indices``; else, when the scene has
-    exactly as many bands as the model expects, all of them. Anything else is a one-line error
-    that says what the model expects.
+    ``bands`` (``--bands``: numbers or names, see :func:`~landslide_cli.radiometry.resolve_bands`)
+    wins; else the model's ``band_indices``; else, when the scene has more bands than the
+    model and its descriptions/colour interpretation name the model's bands, those; else, when
+    the scene has exactly as many bands as the model expects, all of them. Anything else is a
+    one-line error that says what the model expects.
     """
     expects = f"{spec.num_bands} bands ({', '.join(spec.bands)})"
+    named = None
+    if bands is None and not spec.band_indices and scene.count > spec.num_bands:
+        named = bands_by_name(spec.bands, scene.descriptions, scene.colorinterp)
     if bands is not None:
         if len(bands) != spec.num_bands:
             raise DataError(f"--bands {','.join(map(str, bands))}: the model expects {expects}")
-        chosen = list(bands)
+        chosen = resolve_bands(bands, scene.descriptions, scene.colorinterp, scene=scene.name)
     elif spec.band_indices:
         chosen = list(spec.band_indices)
+    elif named is not None:
+        chosen = named
     else:
         if scene.count != spec.num_bands:
             hint = " (an alpha band is not a data band)" if "alpha" in scene.colorinterp else ""
@@ -161,9 +183,9 @@ def check_dtype(scene: SceneInfo, spec: InputSpec, indexes: list[int]) -> None:
         if DTYPE_FAMILY.get(have, have) != want:
             raise DataError(
                 f"{scene.name} band {i} is {have} but the model expects {spec.dtype} data "
-                f"({', '.join(spec.bands)} divided by {spec.scale:g}); convert the scene "
-                f"(e.g. gdal_translate -ot {GDAL_TYPE_NAMES.get(spec.dtype, spec.dtype)} "
-                f"-scale ...) or use a model trained on {have} data"
+                f"({', '.join(spec.bands)} divided by {spec.scale:g}) and --rescale none "
+                f"passes values unchanged; use --rescale auto (or percentile:2,98, "
+                f"range:MIN,MAX)"
             )
 
 
@@ -187,20 +209,15 @@ class BatchItem:
 
 
 def read_window(ds: Any, indexes: list[int], y0: int, x0: int, h: int, w: int, *,
-                use_mask: bool, is_float: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw ``(C, h, w)`` pixels and an ``(h, w)`` validity mask (None: all valid)."""
+                use_mask: bool, is_float: bool, nodata: float | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw ``(C, h, w)`` pixels and an ``(h, w)`` validity mask (None: all valid);
+    ``nodata`` (``--nodata``) replaces the file's nodata value."""
     win = Window(x0, y0, w, h)
     raw = ds.read(indexes, window=win)
-    valid = None
-    if use_mask:
-        masks = ds.read_masks(indexes, window=win)
-        valid = np.logical_and.reduce(masks != 0, axis=0)
-    if is_float:
-        finite = np.isfinite(raw).all(axis=0)
-        valid = finite if valid is None else valid & finite
-    if valid is not None and valid.all():
-        valid = None
-    return raw, valid
+    if not (use_mask or is_float or nodata is not None):
+        return raw, None
+    return raw, band_validity(ds, raw, indexes, window=win, nodata=nodata, use_mask=use_mask)
 
 
 def prepare_tile(raw: np.ndarray, valid: np.ndarray | None, spec: InputSpec,
@@ -230,8 +247,13 @@ class PrefetchReader:
     _END = object()
 
     def __init__(self, scene: SceneInfo, layout: GridLayout, indexes: list[int],
-                 spec: InputSpec, batch_size: int, *, prefetch: int = 2) -> None:
+                 spec: InputSpec, batch_size: int, *, prefetch: int = 2,
+                 rescale: BandMapping | None = None, resampler: Any = None) -> None:
+        """``resampler``: a :class:`~landslide_cli.predict.resample.WindowResampler` that
+        turns each native window into model pixels (``--resample-to``), or ``None``."""
         self.scene, self.layout, self.indexes, self.spec = scene, layout, indexes, spec
+        self.resampler = resampler
+        self.rescale = rescale  # the scene's --rescale mapping (None: values as read)
         self.batch_size = max(1, int(batch_size))
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
@@ -274,6 +296,8 @@ class PrefetchReader:
         import time
 
         scene, spec, tile = self.scene, self.spec, self.layout.tile
+        if self.resampler is not None:
+            tile = self.resampler.tile  # native windows become (at most) one model tile
         use_mask = scene.needs_mask(self.indexes)
         is_float = scene.is_float(self.indexes)
         try:
@@ -289,7 +313,8 @@ class PrefetchReader:
                         t0 = time.perf_counter()
                         try:
                             raw, valid = read_window(ds, self.indexes, y0, x0, h, w,
-                                                     use_mask=use_mask, is_float=is_float)
+                                                     use_mask=use_mask, is_float=is_float,
+                                                     nodata=scene.nodata_override)
                         except RasterioError as exc:
                             raise DataError(
                                 f"{scene.path}: cannot read pixels at row {y0}, column {x0} "
@@ -301,7 +326,13 @@ class PrefetchReader:
                             if batch is None:
                                 batch = np.empty((self.batch_size, len(self.indexes), tile, tile),
                                                  dtype=np.float32)
-                            prepare_tile(raw, valid, spec, tile, batch[k])
+                            if self.rescale is not None:
+                                raw = self.rescale.apply(raw)
+                            if self.resampler is None:
+                                prepare_tile(raw, valid, spec, tile, batch[k])
+                            else:
+                                prepare_tile(*self.resampler.to_model(raw, valid), spec, tile,
+                                             batch[k])
                             pending.append(WindowItem(r, c, k, valid))
                             k += 1
                         self.read_seconds += time.perf_counter() - t0

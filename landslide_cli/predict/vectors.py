@@ -118,13 +118,21 @@ class Polygonizer:
     (``shapely.union_all``, exact on integer pixel coordinates, holes kept). Between rows only
     the label line under the current block row (``8 * width`` bytes) and the still-open
     border pieces are kept.
+
+    Row bands (distributed runs): with ``open_top`` the blocks start inside the scene and
+    pieces on the band's top edge stay open too; :meth:`open_pieces` hands the still-open
+    groups over at the band's end, and :meth:`add_band` joins a band's open groups to the
+    previous band's exactly as block rows are joined.
     """
 
     def __init__(self, width: int, threshold: float,
-                 emit: Callable[[PolygonBatch], None]) -> None:
+                 emit: Callable[[PolygonBatch], None], *, open_top: bool = False) -> None:
         self.width = width
         self.threshold = float(threshold)
         self.emit = emit
+        #: labels of the band's first pixel row (``open_top``): pieces there stay open
+        self._top = np.zeros(width, dtype=np.int64) if open_top else None
+        self._top_rows = True  # still in the first block row
         self._uf = _UnionFind()
         self._pieces: dict[int, tuple[Any, float, int, float]] = {}
         self._next_id = 1
@@ -184,6 +192,8 @@ class Polygonizer:
                 self._uf.add(gid)
                 self._pieces[gid] = (geoms[k], float(sums[k]), int(counts[k]), float(maxs[k]))
             labels[fg] = lab + base
+        if self._top is not None and self._top_rows:
+            self._top[block.x0:block.x0 + w] = labels[0, :]
         if block.col > 0 and self._right is not None:
             self._join(self._right, labels[:, 0])
         if block.row > 0:
@@ -205,6 +215,9 @@ class Polygonizer:
         open_roots: set[int] = set()
         if not final:
             open_roots = {self._uf.find(int(i)) for i in np.unique(self._bottom_cur) if i}
+        if self._top is not None:
+            self._top_rows = False
+            open_roots |= {self._uf.find(int(i)) for i in np.unique(self._top) if i}
         groups: dict[int, list[int]] = {}
         for gid in self._pieces:
             root = self._uf.find(gid)
@@ -228,6 +241,58 @@ class Polygonizer:
             arr[:] = geoms
             self.emit(PolygonBatch(arr, np.asarray(sums, np.float64),
                                    np.asarray(counts, np.int64), np.asarray(maxs, np.float64)))
+
+
+    def open_pieces(self) -> OpenPieces:
+        """At the end of a band: every still-open group dissolved into one piece, with the
+        band's top and bottom label lines in group ids (``None`` at the scene's edges)."""
+        groups: dict[int, list[int]] = {}
+        for gid in self._pieces:
+            groups.setdefault(self._uf.find(gid), []).append(gid)
+        pieces = {}
+        for root, ids in groups.items():
+            parts = [self._pieces.pop(i) for i in ids]
+            geom = parts[0][0] if len(parts) == 1 else shapely.union_all([p[0] for p in parts])
+            pieces[root] = (geom, sum(p[1] for p in parts), sum(p[2] for p in parts),
+                            max(p[3] for p in parts))
+
+        def relabel(line: np.ndarray | None) -> np.ndarray | None:
+            if line is None or not line.any():
+                return None
+            out = np.zeros_like(line)
+            for i in np.unique(line[line > 0]):
+                if int(i) in self._uf.parent:  # else: a piece already complete (scene edge)
+                    out[line == i] = self._uf.find(int(i))
+            return out if out.any() else None
+
+        top, bottom = relabel(self._top), relabel(self._bottom_prev)
+        self._uf = _UnionFind()
+        return OpenPieces(pieces, top, bottom)
+
+    def add_band(self, band: OpenPieces, *, final: bool) -> None:
+        """Join the next band's open pieces to the previous band's open ones (across the
+        border between them) and emit every group that does not reach this band's bottom."""
+        offset = self._next_id
+        self._next_id += max(band.pieces, default=0) + 1
+        for gid, piece in band.pieces.items():
+            self._uf.add(gid + offset)
+            self._pieces[gid + offset] = piece
+        if band.top is not None:
+            self._join(self._bottom_prev, np.where(band.top > 0, band.top + offset, 0))
+        if band.bottom is not None and not final:
+            self._bottom_cur[:] = np.where(band.bottom > 0, band.bottom + offset, 0)
+        self._end_row(final=final)
+
+
+@dataclass
+class OpenPieces:
+    """A band's landslide pieces that may continue in the neighbouring bands (pixel
+    coordinates): ``{id: (geometry, prob_sum, pixels, prob_max)}`` and the band's top and
+    bottom label lines (``width`` ids, 0 = no open piece; ``None``: none at all)."""
+
+    pieces: dict[int, tuple[Any, float, int, float]]
+    top: np.ndarray | None
+    bottom: np.ndarray | None
 
 
 def _polygons(geom: Any) -> list[Any]:
@@ -460,6 +525,10 @@ def _quiet_write(target: Path, write: Callable[[], object]) -> None:
         raise LandslideError(f"cannot write {target}: {first_line(exc)}") from None
 
 
+#: ``runs`` columns that may be missing (None) in some rows but are numbers
+RUNS_REAL_COLUMNS = ("gsd_m", "resample_m")
+
+
 class _GpkgLayers:
     """The ``landslides``/``footprints``/``runs`` layers written into one GeoPackage file
     (the staged output of :class:`GpkgWriter`, or the staging file of a one-layer format)."""
@@ -508,7 +577,11 @@ class _GpkgLayers:
     def write_runs(self, rows: list[dict[str, Any]]) -> None:
         import pandas as pd
 
-        self._write(pd.DataFrame(rows), "runs")
+        frame = pd.DataFrame(rows)
+        for col in RUNS_REAL_COLUMNS:  # REAL even when every value is missing (NULL)
+            if col in frame:
+                frame[col] = frame[col].astype("float64")
+        self._write(frame, "runs")
 
 
 class VectorWriter:

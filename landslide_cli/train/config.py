@@ -1,6 +1,7 @@
 """Training configurations: dataclasses with the paper's defaults, a YAML file, and CLI flags.
 
-Precedence: command-line flags > ``--config run.yaml`` > dataclass defaults. The resolved
+Precedence: command-line flags > ``--config run.yaml`` > ``--preset NAME`` (a named option set
+of :mod:`landslide_cli.train.presets`; ``train segment`` only) > dataclass defaults. The resolved
 configuration is written to ``RUN_DIR/config.yaml`` and read back by ``--resume RUN_DIR``.
 
 The YAML file is flat: the keys are the dataclass field names below (``-`` and ``_`` are
@@ -40,6 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("bf16", "fp16", "off"),
     "schedule": ("cosine", "poly"),
     "method": ("kd", "kda"),
+    "adv_loss": ("lsgan", "paper"),
     "loss_weighting": ("fixed", "adaptive"),
     "align": ("last", "intermediate"),
     "teacher_init": ("pretrained", "random"),
@@ -202,9 +204,15 @@ class DistillConfig(TrainConfig):
     d_lr_final: float = 5e-9
     d_levels: int = 4
     d_head_width: int = 128
-    #: discriminator ViT (a DINOv2 name; None: the teacher's own network, shared) and weights
+    #: discriminator (``DISCRIMINATORS``): a DINOv2 name (the multi-level PatchGAN on that
+    #: ViT; None: on the teacher's own network, shared) or ``kda_authors`` (the authors' design,
+    #: on the teacher's ViT or on ``discriminator_vit``), and the weights of a separate ViT
     discriminator: str | None = None
     discriminator_weights: str | None = None
+    discriminator_vit: str | None = None
+    #: adversarial objective: ``lsgan`` (least squares, targets 1/0) or ``paper`` (Eq. 2/3:
+    #: D maximises MSE(D(O_T), D(O_S)), the student minimises it; needs a sigmoid output)
+    adv_loss: str = "lsgan"
     #: initial learning rate of the adaptive weights' log-variances (decays like the student's)
     weighting_lr: float = 1e-3
 
@@ -248,6 +256,8 @@ class SegmentConfig(TrainConfig):
     input: dict[str, Any] | None = None
     #: model name written into the checkpoint metadata (default: the run folder's name)
     name: str | None = None
+    #: named option set (``landslide_cli.train.presets``) under the config file and the flags
+    preset: str | None = None
 
     phase: typing.ClassVar[str] = "segment"
 
@@ -335,8 +345,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _apply(cfg: C, values: dict[str, Any], source: str, *, allowed: frozenset[str] | None = None
-           ) -> None:
+def given_options(cfg: TrainConfig) -> frozenset[str]:
+    """The fields a config file or the command line set (not defaults, not a preset); after
+    ``--resume``, every key of the run's config.yaml."""
+    return frozenset(cfg.__dict__.get("_given", ()))
+
+
+def _apply(cfg: C, values: dict[str, Any], source: str, *, allowed: frozenset[str] | None = None,
+           given: bool = True) -> None:
     hints = _types(type(cfg))
     names = {f.name for f in dataclasses.fields(cfg)}
     for raw_key, value in values.items():
@@ -352,6 +368,8 @@ def _apply(cfg: C, values: dict[str, Any], source: str, *, allowed: frozenset[st
                 f"--{key.replace('_', '-')} cannot be changed when resuming; the run's "
                 "config.yaml fixes it")
         setattr(cfg, key, _coerce(value, hints[key], key, source))
+        if given:
+            cfg.__dict__.setdefault("_given", set()).add(key)
 
 
 def resolve_config(cls: type[C], overrides: dict[str, Any] | None = None,
@@ -377,8 +395,17 @@ def resolve_config(cls: type[C], overrides: dict[str, Any] | None = None,
         cfg.resume = str(run_dir)
         cfg.out = str(run_dir)
     else:
+        file_values = read_yaml(config_file) if config_file is not None else {}
+        preset = overrides.get("preset") or {_key(str(k)): v for k, v in file_values.items()
+                                             }.get("preset")
+        if preset is not None and "preset" in {f.name for f in dataclasses.fields(cfg)}:
+            from landslide_cli.train.presets import get_preset
+
+            chosen = get_preset(str(preset), cfg.phase)
+            _apply(cfg, dict(chosen.values), f"preset {chosen.name}", given=False)
+            overrides["preset"] = chosen.name
         if config_file is not None:
-            _apply(cfg, read_yaml(config_file), str(config_file))
+            _apply(cfg, file_values, str(config_file))
             cfg.config_file = str(config_file)
         _apply(cfg, overrides, "command line")
     cfg.validate()
