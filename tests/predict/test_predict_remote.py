@@ -1,6 +1,6 @@
 """Remote scenes: a COG over HTTP (range requests) and STAC Items, from a local server.
 
-The server listens on 127.0.0.1 only (a random free port, in a thread) and answers
+The server listens on 127.0.0.1 only (a random free port, in its own process) and answers
 ``Range: bytes=a-b`` with ``206 Partial Content``, which the standard library's
 ``http.server`` does not; it records every request so the tests can check that GDAL read the
 COG by ranges rather than downloading it whole.
@@ -9,10 +9,8 @@ COG by ranges rather than downloading it whole.
 from __future__ import annotations
 
 import json
-import re
-import threading
-import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,82 +25,104 @@ from landslide_cli.predict import predict_scenes
 from landslide_cli.predict.remote import RemoteScene, open_source
 from landslide_cli.safety import check_target, is_url, same_file
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+_SERVER = r"""
+import re, sys, urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+root, log = Path(sys.argv[1]).resolve(), sys.argv[2]
+RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _serve(self, body):
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{self.command}\t{self.path}\t{self.headers.get('Range') or ''}\n")
+        rel = urllib.parse.unquote(self.path.split("?", 1)[0]).lstrip("/")
+        path = (root / rel).resolve()
+        if root not in path.parents or not path.is_file():
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = path.read_bytes()
+        size = len(data)
+        ctype = "application/json" if path.suffix == ".json" else "image/tiff"
+        start, end, status = 0, size - 1, 200
+        m = RANGE.match(self.headers.get("Range") or "")
+        if m:
+            a, b = m.groups()
+            if a == "":  # the last b bytes
+                start = max(0, size - int(b))
+            else:
+                start, end = int(a), min(size - 1, int(b) if b else size - 1)
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if body:
+            self.wfile.write(data[start:end + 1])
+
+    def do_GET(self):
+        self._serve(True)
+
+    def do_HEAD(self):
+        self._serve(False)
+
+
+httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+httpd.daemon_threads = True
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"""
 
 
 class RangeServer:
-    """Serve the files of ``root`` over HTTP/1.1 with single byte ranges."""
+    """Serve the files of ``root`` over HTTP/1.1 with single byte ranges.
+
+    The server runs in its own process: GDAL reads some remote headers with the GIL held, so a
+    server thread in the test process could not answer them (a deadlock until the timeout).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Range
-        outer = self
+        self.log = root.parent / "requests.log"
+        self.log.write_text("")
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(root), str(self.log)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:  # keep the test output clean
-                pass
-
-            def _file(self) -> Path | None:
-                rel = urllib.parse.unquote(self.path.split("?", 1)[0]).lstrip("/")
-                path = (outer.root / rel).resolve()
-                if outer.root.resolve() not in path.parents or not path.is_file():
-                    return None
-                return path
-
-            def _serve(self, body: bool) -> None:
-                outer.requests.append((self.command, self.path, self.headers.get("Range")))
-                path = self._file()
-                if path is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = path.read_bytes()
-                size = len(data)
-                ctype = "application/json" if path.suffix == ".json" else "image/tiff"
-                start, end, status = 0, size - 1, 200
-                m = _RANGE.match(self.headers.get("Range") or "")
-                if m:
-                    a, b = m.groups()
-                    if a == "":  # the last b bytes
-                        start = max(0, size - int(b))
-                    else:
-                        start, end = int(a), min(size - 1, int(b) if b else size - 1)
-                    if start >= size:
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{size}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    status = 206
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Content-Length", str(end - start + 1))
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                self.end_headers()
-                if body:
-                    self.wfile.write(data[start:end + 1])
-
-            def do_GET(self) -> None:  # http.server's naming
-                self._serve(body=True)
-
-            def do_HEAD(self) -> None:
-                self._serve(body=False)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    @property
+    def requests(self) -> list[tuple[str, str, str | None]]:
+        """(method, path, Range) of every request so far."""
+        rows = [line.split("\t") for line in self.log.read_text().splitlines() if line]
+        return [(m, p, r or None) for m, p, r in rows]
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def ranges(self, name: str) -> list[str]:
         return [r for m, p, r in self.requests if p.endswith(name) and m == "GET" and r]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -116,12 +136,10 @@ def server(tmp_path, monkeypatch):
     root = tmp_path / "www"
     root.mkdir()
     srv = RangeServer(root)
-    srv.thread.start()
     try:
         yield srv
     finally:
-        srv.httpd.shutdown()
-        srv.httpd.server_close()
+        srv.close()
 
 
 @pytest.fixture(autouse=True)
