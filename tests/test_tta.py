@@ -4,6 +4,7 @@ around any backend (stand-ins, torch, ONNX Runtime) and --tta through predict an
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,9 +176,17 @@ def test_eval_fixed_tile_windows_go_through_the_augmentation():
 
 @pytest.fixture(scope="module")
 def tiny64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import make_checkpoint
+    # tests/conftest.py by path: a bare `import conftest` may find another folder's conftest
+    import importlib.util
 
-    return make_checkpoint(tmp_path_factory.mktemp("tta") / "tiny64.safetensors",
+    spec = importlib.util.spec_from_file_location("_tests_root_conftest",
+                                                  Path(__file__).with_name("conftest.py"))
+    assert spec is not None and spec.loader is not None
+    root_conftest = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+    if spec.name not in sys.modules:
+        sys.modules[spec.name] = root_conftest  # (dataclasses look their module up)
+        spec.loader.exec_module(root_conftest)
+    return root_conftest.make_checkpoint(tmp_path_factory.mktemp("tta") / "tiny64.safetensors",
                            input=InputSpec(tile=64).to_dict())
 
 
