@@ -127,14 +127,13 @@ class DCFPaperDecoder(nn.Module):
             return self.classifier(self.final_up(g1))
         offsets = self.final_up.offsets(g1)
         groups, k = self.groups, self.num_classes
-        width = g1.shape[1]
-        # grouped 1x1 conv: output (g, class) uses the classifier's columns of channel group g
-        weight = self.classifier.weight.reshape(k, groups, width // groups)
-        weight = weight.permute(1, 0, 2).reshape(groups * k, width // groups, 1, 1)
-        partial = F.conv2d(g1, weight, groups=groups)
-        sampled = self.final_up.sample(partial, offsets)
-        n, _, h, w = sampled.shape
-        logits = sampled.reshape(n, groups, k, h, w).sum(dim=1)
+        n, width, h, w = g1.shape
+        # per channel group g, the classifier's columns of g: (groups, k, d/groups) @ G_g
+        # (a matmul rather than a grouped conv with a computed kernel, which ONNX cannot export)
+        weight = self.classifier.weight.reshape(k, groups, width // groups).transpose(0, 1)
+        partial = torch.matmul(weight, g1.reshape(n, groups, width // groups, h * w))
+        sampled = self.final_up.sample(partial.reshape(n, groups * k, h, w), offsets)
+        logits = sampled.reshape(n, groups, k, *sampled.shape[-2:]).sum(dim=1)
         return logits + self.classifier.bias.view(1, k, 1, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

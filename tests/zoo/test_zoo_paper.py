@@ -319,9 +319,33 @@ def test_models_and_info_list_the_paper_architectures(run_cli):
     assert {"dcf_paper", "dcf_paper_3x3", "segformer_paper", "upernet_paper", "unet_paper",
             "segnext"} <= {r["name"] for r in data["decoders"]}
     assert {"convnext_large", "convnext_xlarge"} <= {r["name"] for r in data["teachers"]}
-    res = run_cli("info", "pvt_v2_b0+dcf_paper", "--json")
+    res = run_cli("info", "pvt_v1_kda+dcf_paper", "--json")
     assert res.exit_code == 0, res.stderr
     info = json.loads(res.stdout)
-    assert info["architecture"]["decoder"] == "dcf_paper"
-    assert info["params"]["decoder"] == count_params(
-        DECODERS.build("dcf_paper", [32, 64, 160, 256], width=128))
+    assert info["architecture"]["backbone"] == "pvt_v1_kda"
+    assert info["params"] == {"backbone": 66_140_800, "decoder": 267_106,
+                              "total": 66_140_800 + 267_106}
+    assert info["gflops_512"] > 0
+
+
+# ------------------------------------------------------------------ ONNX
+
+
+def test_dcf_paper_exports_to_onnx_with_parity(tmp_path):
+    """DySample's grid_sample exports from opset 16 (default 17); older opsets fail in one line."""
+    from landslide_cli.checkpoint import CheckpointMeta, save_checkpoint
+    from landslide_cli.export import export_onnx
+    from landslide_cli.preprocess import InputSpec
+    from landslide_cli.zoo import build_segmenter, parse_spec
+
+    torch.manual_seed(1)
+    arch = parse_spec("pvt_v2_b0+dcf_paper", decoder_width=32)
+    meta = CheckpointMeta(kind="segmenter", architecture=arch.to_dict(),
+                          input=InputSpec(tile=64).to_dict(), threshold=0.5, name="tiny-dcf-paper",
+                          metrics={})
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_segmenter(arch).state_dict(), meta)
+    report = export_onnx(ckpt, tmp_path / "m.onnx")  # raises if the parity check fails
+    assert report.opset == 17 and report.path.is_file()
+    with pytest.raises(LandslideError, match="opset"):
+        export_onnx(ckpt, tmp_path / "old.onnx", opset=15)
+    assert not (tmp_path / "old.onnx").exists()
