@@ -603,53 +603,44 @@ def predict_distributed(
     tasks = _make_tasks(plan, planned, band_rows, recipe, task_hook)
     pending = {i: _Pending(s, sum(1 for t in tasks if t.index == i)) for i, s in planned.items()}
     run = RegionRun(plan, rep, extents)
-    try:
-        with gdal_env(), contextlib.ExitStack() as stack:
-            if distributed:
-                dask_client = client or stack.enter_context(
-                    _dask_client(workers, scheduler, threads_per_worker, processes))
-                outcomes = _run_dask(dask_client, tasks, shipped)
-            else:
-                outcomes = _run_here(tasks, plan.backend)
-            next_index = 0
+    with gdal_env(), contextlib.ExitStack() as stack, run.committing():
+        if distributed:
+            dask_client = client or stack.enter_context(
+                _dask_client(workers, scheduler, threads_per_worker, processes))
+            outcomes = _run_dask(dask_client, tasks, shipped)
+        else:
+            outcomes = _run_here(tasks, plan.backend)
+        next_index = 0
 
-            def merge_ready() -> None:
-                nonlocal next_index
-                while next_index < len(given):
-                    i = next_index
-                    if i in parts:
-                        run.add_part(i, parts.pop(i))
-                    elif pending[i].complete:
-                        _finish_scene(run, state if keep_state else None, i, pending.pop(i),
-                                      keys[i], extents[i], rep)
-                    else:
-                        return
-                    next_index += 1
+        def merge_ready() -> None:
+            nonlocal next_index
+            while next_index < len(given):
+                i = next_index
+                if i in parts:
+                    run.add_part(i, parts.pop(i))
+                elif pending[i].complete:
+                    _finish_scene(run, state if keep_state else None, i, pending.pop(i),
+                                  keys[i], extents[i], rep)
+                else:
+                    return
+                next_index += 1
 
+        merge_ready()
+        for task, result, error in outcomes:
+            scene = pending.get(task.index)
+            if scene is None:
+                continue
+            if error is not None:
+                scene.error = scene.error or first_line(error)
+            elif scene.error is None and result is not None:
+                scene.results[result.band] = result
+            run.bar.advance(task.windows)
             merge_ready()
-            for task, result, error in outcomes:
-                scene = pending.get(task.index)
-                if scene is None:
-                    continue
-                if error is not None:
-                    scene.error = scene.error or first_line(error)
-                elif scene.error is None and result is not None:
-                    scene.results[result.band] = result
-                run.bar.advance(task.windows)
-                merge_ready()
-            merge_ready()
-            if not run.scenes:
-                raise LandslideError(f"every scene failed: {run.failed[0]['scene']}: "
-                                     f"{run.failed[0]['error']}" if run.failed else
-                                     "no scene was predicted")
-            run.inventory.finish()
-            run.write_tables()
-        run.bar.close()
-        run.outputs.publish()
-    except BaseException:
-        run.bar.close()
-        run.outputs.cleanup()
-        raise
+        merge_ready()
+        if not run.scenes:
+            raise LandslideError(f"every scene failed: {run.failed[0]['scene']}: "
+                                 f"{run.failed[0]['error']}" if run.failed else
+                                 "no scene was predicted")
     summary = run.summary(time.perf_counter() - started)
     summary.failed = list(run.failed)
     summary.resumed = list(run.resumed)

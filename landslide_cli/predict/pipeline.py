@@ -10,12 +10,13 @@ Data flow per scene (memory bounded by tile, overlap and batch size, see docs/pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import resource
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -836,20 +837,25 @@ class PredictRun:
         return Inventory(self.outputs.writer, extents, output_measure(self.plan.crs, extents))
 
     def execute(self) -> None:
+        with gdal_env(), self.committing():
+            for index, scene in enumerate(self.plan.scenes):
+                self.run_scene(scene, index)
+
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[None]:
+        """Around the scenes of a run: when they all succeed, finish the landslides layer,
+        write the tables and publish every staged output; on any failure (publishing
+        included) remove every staged output. The progress bar is closed either way."""
         try:
-            with gdal_env():
-                for index, scene in enumerate(self.plan.scenes):
-                    self.run_scene(scene, index)
-                self.inventory.finish()
-                self.write_tables()
+            yield
+            self.inventory.finish()
+            self.write_tables()
             self.bar.close()
             self.outputs.publish()
         except BaseException:
             self.bar.close()
             self.outputs.cleanup()
             raise
-        finally:
-            self.bar.close()
 
     def run_scene(self, scene: PlannedScene, index: int = 0) -> None:
         """Predict one scene into the vector output (and its COG), and record it."""
