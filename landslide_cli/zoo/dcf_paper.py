@@ -52,6 +52,7 @@ from torch import nn
 
 from landslide_cli.errors import LandslideError
 from landslide_cli.zoo.dysample import DySample
+from landslide_cli.zoo.heads import _resize
 from landslide_cli.zoo.registries import DECODERS
 
 
@@ -70,13 +71,6 @@ class SqueezeExcite(nn.Module):
 
 def _projection(cin: int, width: int, conv: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, width, conv, padding=conv // 2), nn.GELU())
-
-
-def _match(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Resize ``x`` to ``like``'s grid when a stage is not exactly twice as large."""
-    if x.shape[-2:] == like.shape[-2:]:
-        return x
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class DCFPaperDecoder(nn.Module):
@@ -118,7 +112,7 @@ class DCFPaperDecoder(nn.Module):
         fused = [p * weights[:, i, :, None, None] for i, p in enumerate(projected)]
         out = fused[-1]
         for i in range(len(fused) - 2, -1, -1):  # coarse to fine; up[i] takes stage i+1 to i
-            out = _match(self.up[i](out), fused[i]) + fused[i]
+            out = _resize(self.up[i](out), fused[i].shape[-2:]) + fused[i]
         return out
 
     def head(self, g1: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landslide_cli.zoo.heads import _resize
 from landslide_cli.zoo.registries import DECODERS
 
 #: parameter counts with encoder widths 128/256/512/1024, 2 classes, width 128 (tests pin them)
@@ -60,12 +61,6 @@ def cbr(cin: int, cout: int, k: int = 1) -> nn.Sequential:
     """``ReLU(BN(Conv(k x k, biased)))``, "same" padding, as in the authors' heads."""
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True))
-
-
-def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class SegFormerPaperHead(nn.Module):
