@@ -447,7 +447,7 @@ def run_recipe(args: argparse.Namespace, data: Sources, folds: list[str]) -> dic
         sha = file_sha256(ckpt)
         cache = fold_dir / "heldout.json"
         cached = json.loads(cache.read_text()) if cache.is_file() else {}
-        if cached.get("sha256") == sha:
+        if cached.get("sha256") == sha and "histogram" in cached["row"]:
             row = cached["row"]
             say(f"[{src}] held-out score cached in {cache}")
         else:
@@ -474,7 +474,18 @@ def run_recipe(args: argparse.Namespace, data: Sources, folds: list[str]) -> dic
                    "train_seconds": round(train_s, 1),
                    "seconds_per_step": round(train_s / max(steps_done, 1), 3),
                    "run_seconds": round(sum(float(r.get("seconds", 0)) for r in hist), 1),
-                   **scores(report.overall)}
+                   **scores(report.overall), "histogram": _hist_dict(report.histogram)}
+            cache.write_text(json.dumps({"sha256": sha, "row": row}, indent=1) + "\n")
+        variants = row.setdefault("variants", {})
+        for name in args.variants:
+            if name in variants:
+                continue
+            say(f"[{src}] held-out score with {name}")
+            report = evaluate(str(ckpt), data.tiles(src), device=args.device,
+                              batch_size=args.batch_size, bins=BINS, **VARIANTS[name])
+            variants[name] = {**scores(report.overall), "oracle_iou": _oracle_iou(report),
+                              "best_f1_threshold": report.best_threshold["threshold"],
+                              "histogram": _hist_dict(report.histogram)}
             cache.write_text(json.dumps({"sha256": sha, "row": row}, indent=1) + "\n")
         row["wall_seconds_this_call"] = round(wall, 1)
         rows[src] = row
@@ -488,6 +499,8 @@ def run_recipe(args: argparse.Namespace, data: Sources, folds: list[str]) -> dic
                            "steps_requested": args.steps, "checkpoint": args.checkpoint,
                            "out": str(out_dir), "folds": rows,
                            "mean": mean_row(rows) if len(rows) == len(folds) else {}}
+    if len(rows) >= 2 and len(rows) == len(folds):
+        out["transfer"] = transfer_thresholds(rows, ["plain", *args.variants])
     if args.few_shot:
         few_rows = {s: r["few_shot"] for s, r in rows.items() if "few_shot" in r}
         out["few_shot"] = {
@@ -562,6 +575,126 @@ def run_few_shot(args: argparse.Namespace, data: Sources, src: str, ckpt: Path, 
     return row
 
 
+#: extra held-out evaluations of each fold model (``--variants``): evaluate() keyword arguments
+VARIANTS: dict[str, dict[str, Any]] = {
+    "flips": {"tta": "flips"},
+    "d4": {"tta": "d4"},
+    "adapt-bn": {"adapt_bn": True},
+    "flips+adapt-bn": {"tta": "flips", "adapt_bn": True},
+}
+
+
+def _hist_dict(hist: Any) -> dict[str, Any]:
+    return {"bins": hist.bins, "pos": hist.pos.tolist(), "neg": hist.neg.tolist()}
+
+
+def _iou_curve(h: dict[str, Any]) -> Any:
+    """IoU at every grid threshold ``k / bins`` of a stored held-out histogram."""
+    import numpy as np
+
+    pos, neg = np.asarray(h["pos"], np.float64), np.asarray(h["neg"], np.float64)
+    tp, fp = np.cumsum(pos[::-1])[::-1], np.cumsum(neg[::-1])[::-1]
+    fn = pos.sum() - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(tp + fp + fn > 0, tp / (tp + fp + fn), 0.0)
+
+
+def _logit(p: Any) -> Any:
+    import numpy as np
+
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+#: logit shifts tried by the ``shift`` rule (a shift of 0 keeps the model's own threshold)
+SHIFTS = [round(-4 + 0.05 * i, 2) for i in range(161)]
+
+
+def transfer_thresholds(rows: dict[str, dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    """Threshold rules learnt from the *other* folds' held-out predictions (nested LOSO).
+
+    For each fold ``k`` and evaluation variant, two rules are fitted on the held-out histograms
+    of the other folds only, so fold ``k`` is never seen by its own threshold:
+
+    * ``absolute``: the one grid threshold with the highest mean held-out IoU over them;
+    * ``shift``: the logit shift ``d`` (grid :data:`SHIFTS`) with the highest mean held-out IoU
+      when every fold ``j`` uses ``sigmoid(logit(t_j) + d)``, ``t_j`` its own validation
+      threshold; fold ``k`` then uses ``sigmoid(logit(t_k) + d)``.
+
+    The ``all folds`` entry fits both rules on every fold: the rule to apply to a model trained
+    on all sources (the shipped one).
+    """
+
+    out: dict[str, Any] = {}
+    for var in variants:
+        hists, own = {}, {}
+        for src, r in rows.items():
+            h = r["histogram"] if var == "plain" else r.get("variants", {}).get(var, {}).get(
+                "histogram")
+            if h is None:
+                break
+            hists[src], own[src] = h, float(r["threshold"])
+        else:
+            out[var] = _transfer_one(hists, own)
+    return out
+
+
+def _transfer_one(hists: dict[str, Any], own: dict[str, float]) -> dict[str, Any]:
+    """:func:`transfer_thresholds` for one evaluation variant."""
+    import numpy as np
+
+    curves = {s: _iou_curve(h) for s, h in hists.items()}
+    bins = next(iter(hists.values()))["bins"]
+    grid = np.arange(bins + 1) / bins
+
+    def at(src: str, t: float) -> float:
+        return float(curves[src][int(np.clip(round(t * bins), 0, bins))])
+
+    def shifted(src: str, d: float) -> float:
+        return float(1 / (1 + np.exp(-(_logit(own[src]) + d))))
+
+    def fit(others: list[str]) -> tuple[float, float]:
+        mean = np.mean([curves[s] for s in others], axis=0)
+        t_abs = float(grid[int(np.argmax(mean))])
+        scores_d = [np.mean([at(s, shifted(s, d)) for s in others]) for d in SHIFTS]
+        return t_abs, SHIFTS[int(np.argmax(scores_d))]
+
+    entry: dict[str, Any] = {"folds": {}}
+    for src in hists:
+        t_abs, d = fit([s for s in hists if s != src])
+        t_sh = shifted(src, d)
+        entry["folds"][src] = {
+            "own_threshold": own[src], "own_iou": at(src, own[src]),
+            "absolute_threshold": t_abs, "absolute_iou": at(src, t_abs),
+            "shift": d, "shift_threshold": t_sh, "shift_iou": at(src, t_sh),
+            "oracle_iou": float(curves[src].max())}
+    t_abs, d = fit(list(hists))
+    entry["all_folds"] = {"absolute_threshold": t_abs, "shift": d}
+    entry["mean"] = {k: float(np.mean([f[k] for f in entry["folds"].values()]))
+                     for k in ("own_iou", "absolute_iou", "shift_iou", "oracle_iou")}
+    return entry
+
+
+def transfer_markdown(res: dict[str, Any]) -> str:
+    lines = ["**thresholds learnt from the other folds' held-out predictions** (nested "
+             "leave-one-source-out; IoU in %, threshold in brackets)", "",
+             "| evaluation | held-out source | own threshold | absolute rule | logit-shift rule "
+             "| oracle |", "|---|---|---:|---:|---:|---:|"]
+    for var, e in res.get("transfer", {}).items():
+        for src, f in e["folds"].items():
+            lines.append(f"| {var} | {src} | {100 * f['own_iou']:.1f} ({f['own_threshold']:.3f})"
+                         f" | {100 * f['absolute_iou']:.1f} ({f['absolute_threshold']:.3f}) | "
+                         f"{100 * f['shift_iou']:.1f} ({f['shift']:+.2f} → "
+                         f"{f['shift_threshold']:.3f}) | {100 * f['oracle_iou']:.1f} |")
+        m, a = e["mean"], e["all_folds"]
+        lines.append(f"| {var} | **mean** | **{100 * m['own_iou']:.1f}** | "
+                     f"**{100 * m['absolute_iou']:.1f}** | **{100 * m['shift_iou']:.1f}** | "
+                     f"{100 * m['oracle_iou']:.1f} |")
+        lines.append(f"| {var} | fitted on all folds | | {a['absolute_threshold']:.3f} | "
+                     f"shift {a['shift']:+.2f} | |")
+    return "\n".join(lines)
+
+
 def recipe_markdown(res: dict[str, Any]) -> str:
     sets = ", ".join(f"{k}={v}" for k, v in res["overrides"].items())
     lines = [f"**recipe** `{res['recipe']}`" + (f" with {sets}" if sets else "")
@@ -576,6 +709,8 @@ def recipe_markdown(res: dict[str, Any]) -> str:
                      f"{r['steps']} ({r['epochs']}) | {r['seconds_per_step']:.2f} | "
                      f"{r['threshold']:.3f} | {_pcts(r)} | {100 * r['oracle_iou']:.1f} |")
     lines.append(_mean_line(res["mean"], len(res["folds"]), 5, extra=1))
+    if res.get("transfer"):
+        lines += ["", transfer_markdown(res)]
     if "few_shot" in res:
         lines += ["", few_shot_markdown(res)]
     return "\n".join(lines) + "\n"
@@ -678,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
                         "fine-tuning (default); none: keep the fold model's")
     p.add_argument("--write-few-shot-split", type=Path, metavar="PATH",
                    help="write the few-shot split of all four sources to PATH and exit")
+    p.add_argument("--variants", default="",
+                   help="extra held-out evaluations of each fold model, comma-separated: "
+                        + ", ".join(VARIANTS) + " (stored with their histograms, which the "
+                        "nested threshold-transfer table also uses)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4, help="evaluation batch size")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
@@ -701,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--few-shot fine-tunes the models of a recipe's folds: not with "
                          "--model or --baseline-only")
     folds = _csv(args.folds, SOURCES, "folds")
+    args.variants = _csv(args.variants, list(VARIANTS), "variants") if args.variants else []
     names = _csv(args.baselines, BASELINES.names(), "baselines")
 
     t0 = time.perf_counter()
