@@ -495,12 +495,25 @@ def run_recipe(args: argparse.Namespace, data: Sources, folds: list[str]) -> dic
             few = run_few_shot(args, data, src, ckpt, fold_dir, num_workers=cfg.num_workers)
             if few is not None:
                 row["few_shot"] = few
+    if args.joint:
+        for src, row in rows.items():
+            if args.joint not in row.get("joint", {}):
+                say(f"[{src}] joint histogram of the fold model and baseline:{args.joint}")
+                ckpt = out_dir / f"heldout-{src}" / f"{args.checkpoint}.safetensors"
+                row.setdefault("joint", {})[args.joint] = joint_histogram(
+                    str(ckpt), args.joint, data.tiles(src), device=args.device)
+                cache = out_dir / f"heldout-{src}" / "heldout.json"
+                cached = json.loads(cache.read_text())
+                cached["row"]["joint"] = row["joint"]
+                cache.write_text(json.dumps(cached, indent=1) + "\n")
     out: dict[str, Any] = {"recipe": str(args.recipe), "overrides": sets,
                            "steps_requested": args.steps, "checkpoint": args.checkpoint,
                            "out": str(out_dir), "folds": rows,
                            "mean": mean_row(rows) if len(rows) == len(folds) else {}}
     if len(rows) >= 2 and len(rows) == len(folds):
         out["transfer"] = transfer_thresholds(rows, ["plain", *args.variants])
+        if args.joint:
+            out["fusion"] = fusion_rules(rows, args.joint)
     if args.few_shot:
         few_rows = {s: r["few_shot"] for s, r in rows.items() if "few_shot" in r}
         out["few_shot"] = {
@@ -675,6 +688,105 @@ def _transfer_one(hists: dict[str, Any], own: dict[str, float]) -> dict[str, Any
     return entry
 
 
+JOINT_BINS = 100
+#: weights of the colour index in the fused score ``(1 - w) * p_model + w * index``
+FUSION_WEIGHTS = [round(0.05 * i, 2) for i in range(21)]
+
+
+def joint_histogram(ckpt: str, index: str, tiles: Any, *, device: str = "auto") -> dict[str, Any]:
+    """2-D histograms (model probability x colour-index score, :data:`JOINT_BINS` bins each)
+    of the landslide and the background pixels of ``tiles``, so that any rule combining the
+    two scores can be scored afterwards without running the model again."""
+    import numpy as np
+
+    from landslide_cli.backends import open_backend
+    from landslide_cli.baselines import BASELINES
+    from landslide_cli.data import select_bands
+    from landslide_cli.evaluate import predict_tiles
+    from landslide_cli.preprocess import normalize
+
+    be = open_backend(ckpt, backend="torch", device=device)
+    score = BASELINES.entry(index).builder
+    n = JOINT_BINS
+    pos, neg = np.zeros(n * n, np.int64), np.zeros(n * n, np.int64)
+    for i in range(len(tiles)):
+        raw, mask = tiles.read(i)
+        raw = select_bands(raw, be.spec)
+        prob = predict_tiles(be, normalize(raw[None], be.spec))[0]
+        rgb = raw[:3].astype(np.float32) / float(be.spec.scale)
+        idx_score = np.clip(np.nan_to_num(score(rgb[0], rgb[1], rgb[2])), 0, 1)
+        a = np.clip((prob * n).astype(np.int64), 0, n - 1)
+        b = np.clip((idx_score * n).astype(np.int64), 0, n - 1)
+        cell = (a * n + b).ravel()
+        t = np.asarray(mask).astype(bool).ravel()
+        pos += np.bincount(cell[t], minlength=n * n)
+        neg += np.bincount(cell[~t], minlength=n * n)
+    return {"bins": n, "pos": pos.tolist(), "neg": neg.tolist()}
+
+
+def _fused_iou(joint: dict[str, Any], w: float) -> Any:
+    """IoU on the grid ``t = k / 100`` of the fused score ``(1 - w) * p + w * index``
+    (cell centres stand for their pixels)."""
+    import numpy as np
+
+    n = joint["bins"]
+    centres = (np.arange(n) + 0.5) / n
+    fused = ((1 - w) * centres[:, None] + w * centres[None, :]).ravel()
+    k = np.clip((fused * 100).astype(np.int64), 0, 100)
+    pos = np.bincount(k, weights=np.asarray(joint["pos"], np.float64), minlength=101)
+    neg = np.bincount(k, weights=np.asarray(joint["neg"], np.float64), minlength=101)
+    tp, fp = np.cumsum(pos[::-1])[::-1], np.cumsum(neg[::-1])[::-1]
+    fn = pos.sum() - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(tp + fp + fn > 0, tp / (tp + fp + fn), 0.0)
+
+
+def fusion_rules(rows: dict[str, dict[str, Any]], index: str) -> dict[str, Any]:
+    """Nested LOSO of the fused score: for each fold, the weight ``w`` and threshold ``t`` with
+    the best mean IoU over the *other* folds' joint histograms, scored on that fold."""
+    import numpy as np
+
+    joints = {s: r["joint"][index] for s, r in rows.items() if index in r.get("joint", {})}
+    if len(joints) != len(rows):
+        return {}
+    curves = {s: np.stack([_fused_iou(j, w) for w in FUSION_WEIGHTS]) for s, j in joints.items()}
+
+    def fit(others: list[str]) -> tuple[float, float]:
+        mean = np.mean([curves[s] for s in others], axis=0)
+        wi, k = np.unravel_index(int(np.argmax(mean)), mean.shape)
+        return FUSION_WEIGHTS[int(wi)], k / 100
+
+    out: dict[str, Any] = {"index": index, "folds": {}}
+    for src in rows:
+        w, t = fit([s for s in rows if s != src])
+        c = curves[src]
+        out["folds"][src] = {"weight": w, "threshold": t,
+                             "iou": float(c[FUSION_WEIGHTS.index(w), round(t * 100)]),
+                             "oracle_iou": float(c.max()),
+                             "index_only_oracle": float(c[-1].max()),
+                             "model_only_oracle": float(c[0].max())}
+    w, t = fit(list(rows))
+    out["all_folds"] = {"weight": w, "threshold": t}
+    out["mean_iou"] = float(np.mean([f["iou"] for f in out["folds"].values()]))
+    return out
+
+
+def fusion_markdown(res: dict[str, Any]) -> str:
+    f = res["fusion"]
+    lines = [f"**model + `baseline:{f['index']}` fused** (`(1 - w) * p_model + w * index`, w and "
+             "threshold fitted on the other folds' held-out pixels; IoU in %)", "",
+             "| held-out source | w | threshold | IoU | oracle (w, t on itself) | model-only "
+             "oracle | index-only oracle |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for src, r in f["folds"].items():
+        lines.append(f"| {src} | {r['weight']:.2f} | {r['threshold']:.2f} | {100 * r['iou']:.1f}"
+                     f" | {100 * r['oracle_iou']:.1f} | {100 * r['model_only_oracle']:.1f} | "
+                     f"{100 * r['index_only_oracle']:.1f} |")
+    a = f["all_folds"]
+    lines.append(f"| **mean** | | | **{100 * f['mean_iou']:.1f}** | | | |")
+    lines.append(f"| fitted on all folds | {a['weight']:.2f} | {a['threshold']:.2f} | | | | |")
+    return "\n".join(lines)
+
+
 def transfer_markdown(res: dict[str, Any]) -> str:
     lines = ["**thresholds learnt from the other folds' held-out predictions** (nested "
              "leave-one-source-out; IoU in %, threshold in brackets)", "",
@@ -711,6 +823,8 @@ def recipe_markdown(res: dict[str, Any]) -> str:
     lines.append(_mean_line(res["mean"], len(res["folds"]), 5, extra=1))
     if res.get("transfer"):
         lines += ["", transfer_markdown(res)]
+    if res.get("fusion"):
+        lines += ["", fusion_markdown(res)]
     if "few_shot" in res:
         lines += ["", few_shot_markdown(res)]
     return "\n".join(lines) + "\n"
@@ -817,6 +931,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra held-out evaluations of each fold model, comma-separated: "
                         + ", ".join(VARIANTS) + " (stored with their histograms, which the "
                         "nested threshold-transfer table also uses)")
+    p.add_argument("--joint", choices=BASELINES.names(), default=None,
+                   help="also store each fold's joint (model, colour index) histogram on the "
+                        "held-out pixels and print the nested table of the fused score")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4, help="evaluation batch size")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
