@@ -105,6 +105,29 @@ def _band(names: list[str], wanted: tuple[str, ...], default: int) -> int:
     return default
 
 
+def rgb_positions(names: list[str]) -> tuple[int, int, int]:
+    """Positions of the red, green and blue bands among ``names`` (else 0, 1, 2)."""
+    return (_band(names, ("red", "r", "b4"), 0), _band(names, ("green", "g", "b3"), 1),
+            _band(names, ("blue", "b", "b2"), 2))
+
+
+def derived_channels(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """The colour indices ``spec.derived`` of raw ``(C, H, W)`` / ``(N, C, H, W)`` bands as
+    ``(k, H, W)`` / ``(N, k, H, W)`` float32 scores in [0, 1] (0 where ``valid`` is false),
+    from ``raw / spec.scale`` of the red, green and blue bands."""
+    r, g, b = (np.maximum(raw[..., i, :, :].astype(np.float32) / np.float32(spec.scale), 0.0)
+               for i in rgb_positions(list(spec.bands)))
+    out = []
+    for name in spec.derived:
+        score = BASELINES.entry(name).builder(r, g, b)
+        score = np.clip(np.nan_to_num(score, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+        if valid is not None:
+            score = score * np.asarray(valid, dtype=np.float32)
+        out.append(score)
+    return np.stack(out, axis=-3)
+
+
 class BaselineBackend:
     """A colour index as a :class:`~landslide_cli.backends.Backend` (numpy, on the CPU).
 
@@ -126,9 +149,7 @@ class BaselineBackend:
         if self.spec.num_bands < 3:
             raise LandslideError(f"{PREFIX}{entry.name} needs red, green and blue bands, "
                                  f"got {', '.join(self.spec.bands)}")
-        names = list(self.spec.bands)
-        self._rgb = (_band(names, ("red", "r", "b4"), 0), _band(names, ("green", "g", "b3"), 1),
-                     _band(names, ("blue", "b", "b2"), 2))
+        self._rgb = rgb_positions(list(self.spec.bands))
         self.threshold = float(entry.info["threshold"])
         self.model_name = f"{PREFIX}{entry.name}"
         definition = {"name": self.model_name, "formula": entry.info["formula"],

@@ -212,7 +212,7 @@ def export_onnx(
 
     say(f"exporting {loaded.name} ({loaded.meta.arch.spec}) at tile {tile}, opset {opset} "
         f"with the {exporter} exporter")
-    example = torch.zeros(1, spec.num_bands, tile, tile, device=dev)
+    example = torch.zeros(1, spec.model_channels, tile, tile, device=dev)
     model_proto = _trace(export_fn, module, example, source=loaded.path, opset=opset,
                          dynamic_batch=dynamic_batch)
     opset = _graph_opset(model_proto, opset)

@@ -67,7 +67,7 @@ def run_parity(module: nn.Module, payload: bytes, spec: InputSpec, device: torch
     result = ParityResult(tolerance=tolerance, provider=session.get_providers()[0])
     gen = np.random.default_rng(0)
     n = PARITY_RANDOM if dynamic_batch else 1
-    random_batch = gen.standard_normal((n, spec.num_bands, spec.tile, spec.tile),
+    random_batch = gen.standard_normal((n, spec.model_channels, spec.tile, spec.tile),
                                        dtype=np.float32)
     result.random_max_diff = _max_diff(module, session, random_batch, device, dynamic_batch)
     if not result.passed:  # failed already: no need to read real tiles

@@ -97,8 +97,8 @@ def model_info(ref: str, *, size: int = 512) -> dict[str, Any]:
         "model": ref,
         "architecture": model.arch.to_dict(),
         "params": {"backbone": backbone, "decoder": decoder, "total": backbone + decoder},
-        "gflops_512": round(gflops(model, 512, model.arch.in_chans), 3),
-        **({"gflops": round(gflops(model, size, model.arch.in_chans), 3), "size": size}
+        "gflops_512": round(gflops(model, 512, model.arch.input_channels), 3),
+        **({"gflops": round(gflops(model, size, model.arch.input_channels), 3), "size": size}
            if size != 512 else {}),
         "card": card,
     }

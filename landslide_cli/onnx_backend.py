@@ -116,9 +116,10 @@ class OnnxBackend:
         if not all(isinstance(v, int) for v in (bands, height, width)) or height != width:
             raise LandslideError(f"{path}: input shape {inputs[0].shape} is not (N, C, T, T) "
                                  "with a fixed square tile")
-        if bands != spec.num_bands:
+        if bands != spec.model_channels:
             raise LandslideError(f"{path}: graph takes {bands} bands but its metadata lists "
-                                 f"{spec.num_bands} ({', '.join(spec.bands)})")
+                                 f"{spec.model_channels} "
+                                 f"({', '.join(spec.bands + spec.derived)})")
         spec.tile = int(height)
         self.spec = spec
         self.fixed_tile: int | None = int(height)
@@ -164,8 +165,8 @@ class OnnxBackend:
         return np.asarray(out, dtype=np.float32)
 
     def _check(self, batch: np.ndarray) -> None:
-        t, c = self.fixed_tile, self.spec.num_bands
-        expected = f"(N, {c}, {t}, {t}) tiles ({', '.join(self.spec.bands)})"
+        t, c = self.fixed_tile, self.spec.model_channels
+        expected = f"(N, {c}, {t}, {t}) tiles ({', '.join(self.spec.bands + self.spec.derived)})"
         if batch.ndim != 4:
             raise LandslideError(f"the ONNX model {self.model_path.name} expects {expected}; "
                                  f"got an array of shape {tuple(batch.shape)}")

@@ -83,7 +83,8 @@ def embed_metadata(proto: Any, *, meta_dict: dict[str, Any], source_path: Path,
     proto.producer_name = "landslide"
     proto.producer_version = __version__
     proto.doc_string = (f"landslide segmentation model {name} ({arch_text}): {INPUT_NAME} "
-                        f"(N, {spec.num_bands}, {spec.tile}, {spec.tile}) normalized float32 -> "
+                        f"(N, {spec.model_channels}, {spec.tile}, {spec.tile}) normalized "
+                        "float32 -> "
                         f"{OUTPUT_NAME} (N, {spec.tile}, {spec.tile}) landslide probability")
 
 

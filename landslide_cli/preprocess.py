@@ -57,6 +57,11 @@ class InputSpec:
             percent as text (``{"2": [r, g, b], "98": [...]}``), or ``None`` (models made
             before they were recorded). ``predict``/``eval`` map other radiometry (16-bit,
             float reflectance) onto these; see :data:`REFERENCE_PERCENTS`.
+        derived: colour indices (names of :data:`landslide_cli.baselines.BASELINES`, e.g.
+            ``["rg"]``) computed by :func:`normalize` from the raw red, green and blue bands
+            (``raw / scale``, before any normalization, so they keep the absolute colour that
+            per-tile normalization removes) and appended after the bands as extra model input
+            channels in [0, 1]; see :attr:`model_channels`. ``[]`` (the default): none.
     """
 
     bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
@@ -69,8 +74,17 @@ class InputSpec:
     tile: int = 512
     normalization: str = "fixed"
     percentiles: dict[str, list[float]] | None = None
+    derived: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.derived:
+            from landslide_cli.baselines import BASELINES
+
+            self.derived = [BASELINES.resolve(str(name)) for name in self.derived]
+            if self.num_bands < 3:
+                raise LandslideError(f"input spec: derived channels {', '.join(self.derived)} "
+                                     f"need red, green and blue bands, got "
+                                     f"{', '.join(self.bands)}")
         if self.normalization not in NORMALIZATIONS:
             raise LandslideError(f"input spec: normalization {self.normalization!r}: choose "
                                  f"one of {', '.join(NORMALIZATIONS)}")
@@ -112,6 +126,11 @@ class InputSpec:
         return len(self.bands)
 
     @property
+    def model_channels(self) -> int:
+        """Channels of the model input :func:`normalize` produces: bands + derived."""
+        return self.num_bands + len(self.derived)
+
+    @property
     def indices(self) -> list[int]:
         """1-based band indices to read from a raster."""
         return list(self.band_indices) if self.band_indices else list(range(1, self.num_bands + 1))
@@ -144,13 +163,19 @@ def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None)
             f"the model expects {spec.num_bands} bands ({', '.join(spec.bands)}), got {c}"
         )
     if spec.normalization == "tile":
-        return _normalize_tile(raw, spec, valid)
-    shape = (c, 1, 1)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * np.float32(spec.scale)
-    inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape) * np.float32(spec.scale))
-    out = raw.astype(np.float32, copy=True)
-    out -= mean
-    out *= inv
+        out = _normalize_tile(raw, spec, valid)
+    else:
+        shape = (c, 1, 1)
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * np.float32(spec.scale)
+        inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape)
+                     * np.float32(spec.scale))
+        out = raw.astype(np.float32, copy=True)
+        out -= mean
+        out *= inv
+    if spec.derived:
+        from landslide_cli.baselines import derived_channels
+
+        out = np.concatenate([out, derived_channels(raw, spec, valid)], axis=-3)
     return out
 
 

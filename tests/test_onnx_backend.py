@@ -54,7 +54,7 @@ def test_metadata_round_trip(ckpt, onnx_path):
     from landslide_cli.checkpoint import file_sha256
 
     onnx_b = open_backend(onnx_path, device="cpu")  # "auto" picks onnx for .onnx
-    torch_b = TorchBackend(ckpt, device="cpu")
+    torch_b = TorchBackend(ckpt, device="cpu", precision="fp32")
     assert isinstance(onnx_b, Backend) and onnx_b.name == "onnx"
     assert onnx_b.spec == torch_b.spec
     assert onnx_b.threshold == torch_b.threshold == pytest.approx(0.35)
@@ -69,7 +69,7 @@ def test_metadata_round_trip(ckpt, onnx_path):
 def test_parity_with_torch_backend(ckpt, onnx_path):
     from landslide_cli.backends import TorchBackend, open_backend
 
-    torch_b = TorchBackend(ckpt, device="cpu")
+    torch_b = TorchBackend(ckpt, device="cpu", precision="fp32")
     onnx_b = open_backend(onnx_path, backend="onnx", device="cpu")
     x = _batch(3)
     p_t, p_o = torch_b.predict(x), onnx_b.predict(x)
@@ -210,7 +210,7 @@ def test_predict_same_geopackage_torch_vs_onnx(shared_data, ckpt, tmp_path, run_
     with rasterio.open(crop, "w", **profile) as dst:
         dst.write(data)
     # a random-init model has no meaningful 0.5 threshold: use its 80th percentile on the crop
-    torch_b = TorchBackend(ckpt, device="cpu")
+    torch_b = TorchBackend(ckpt, device="cpu", precision="fp32")
     probs = torch_b.predict(torch_b.spec.normalize(data[None]))
     thr = round(float(np.quantile(probs, 0.8)), 3)
 

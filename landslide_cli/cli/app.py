@@ -53,6 +53,7 @@ app.command("eval", help=eval_cmd.command.__doc__)(eval_cmd.command)
 app.command("export", help=export_cmd.command.__doc__)(export_cmd.command)
 app.command("models")(models_cmd.models)
 app.command("info")(models_cmd.info)
+app.command("fuse")(models_cmd.fuse)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
-from landslide_cli.cli import common
+from landslide_cli.cli import common, options
 
 
 def models(
@@ -58,3 +60,37 @@ def info(
         if key != "architecture" and value not in ({}, [], "", None):
             table.add_row(key, str(value))
     common.out.print(table)
+
+
+def fuse(
+    model: str | None = typer.Argument(
+        None, show_default=False,
+        help="Checkpoint (.safetensors) path or shipped model name; omitted: the default model."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .safetensors file to write.",
+                             show_default=False),
+    index: str = typer.Option("rg", "--index", help="Colour index to fuse with (a "
+                              "baseline name: rg, exr, exg, brightness)."),
+    weight: float = typer.Option(..., "--weight", "-w", min=0.0, max=1.0, show_default=False,
+                                 help="Weight of the index: probability = (1 - w) * model + "
+                                      "w * index."),
+    threshold: float = typer.Option(..., "--threshold", min=0.0, max=1.0, show_default=False,
+                                    help="Decision threshold of the fused model."),
+    name: str | None = typer.Option(None, "--name", show_default=False,
+                                    help="Model name in the metadata (default: MODEL+INDEX)."),
+    note: str = typer.Option("", "--note", help="How weight and threshold were chosen "
+                             "(stored as the threshold source)."),
+    overwrite: bool = options.overwrite("Replace an existing --out."),
+    as_json: bool = options.json_flag("Print the result as JSON."),
+) -> None:
+    """Fuse a segmentation model with a colour index (late fusion, same weights)."""
+    from landslide_cli.zoo.fusion import fuse_checkpoint  # torch: only for this command
+
+    result = fuse_checkpoint(model, out, index=index, weight=weight, threshold=threshold,
+                             name=name, note=note, overwrite=overwrite)
+    if as_json:
+        common.print_json(result)
+        return
+    f = result["fusion"]
+    common.out.print(f"wrote {result['out']}: {result['name']} = (1 - {f['weight']:g}) x model "
+                     f"+ {f['weight']:g} x baseline:{f['index']}, threshold "
+                     f"{result['threshold']:g}")

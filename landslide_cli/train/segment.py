@@ -424,12 +424,18 @@ def init_input(cfg: SegmentConfig, meta: CheckpointMeta) -> dict[str, Any]:
     model's (bands, scale, mean/std, normalization, tile, percentiles, ...) with the run's
     ``input`` overrides on top; a band count other than the model's is a one-line error."""
     out = {**meta.input, **(cfg.input or {})}
+    fusion = meta.arch.fusion
+    if fusion and "derived" not in (cfg.input or {}):
+        # a fused model (landslide models fuse) fine-tunes its network; the colour index it
+        # was mixed with is not an input of that network
+        out["derived"] = [d for d in out.get("derived") or [] if d != fusion["index"]]
     bands = out.get("bands") or []
-    if len(bands) != meta.arch.in_chans:
+    channels = len(bands) + len(out.get("derived") or [])
+    if channels != meta.arch.in_chans:
         raise CheckpointError(
             f"incompatible --init {cfg.init}: the model takes {meta.arch.in_chans} band(s) "
             f"({', '.join(meta.input.get('bands') or [])}), the input options give "
-            f"{len(bands)}")
+            f"{channels}")
     return out
 
 
@@ -479,7 +485,7 @@ def build_segment_task(cfg: SegmentConfig, ctx: DistContext, *,
         reporter.warn(f"the data set suggests input scale {hint.scale:g}, the --init model "
                       f"divides by {spec.scale:g} (kept; `input: {{scale: ...}}` changes it)")
     arch = Architecture(backbone=backbone, decoder=decoder, decoder_width=cfg.decoder_width,
-                        num_classes=2, in_chans=spec.num_bands)
+                        num_classes=2, in_chans=spec.model_channels)
     seed_everything(cfg.seed)
     model = build_segmenter(arch, pretrained=cfg.pretrained, weights=cfg.weights)
     if cfg.init:

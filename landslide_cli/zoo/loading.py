@@ -86,6 +86,16 @@ def segmenter_from_checkpoint(meta: CheckpointMeta, state: dict[str, torch.Tenso
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{source}: invalid architecture {meta.architecture} ({first})"
                               ) from None
+    arch, spec = model.arch, meta.input_spec
+    if arch.input_channels != spec.model_channels:
+        raise CheckpointError(
+            f"{source}: the architecture takes {arch.input_channels} input channel(s) but the "
+            f"input spec gives {spec.model_channels} ({', '.join(spec.bands + spec.derived)})")
+    if arch.fusion and (arch.fusion["channel"] - spec.num_bands >= len(spec.derived) or
+                        spec.derived[arch.fusion["channel"] - spec.num_bands]
+                        != arch.fusion["index"]):
+        raise CheckpointError(f"{source}: fusion channel {arch.fusion['channel']} is not the "
+                              f"input spec's derived {arch.fusion['index']!r} channel")
     expected = model.state_dict()
     for key, tensor in state.items():
         if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):

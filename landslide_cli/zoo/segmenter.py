@@ -11,6 +11,9 @@ from torch import nn
 from landslide_cli.zoo.registries import BACKBONES, DECODERS
 from landslide_cli.zoo.spec import Architecture
 
+#: fused probabilities are clamped to [eps, 1 - eps] before their logit
+FUSION_EPS = 1e-6
+
 
 class Segmenter(nn.Module):
     """Segmentation model returning logits ``(N, num_classes, H, W)`` for any ``H, W``.
@@ -27,6 +30,21 @@ class Segmenter(nn.Module):
         self.multiple = int(getattr(backbone, "reduction", 32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fusion = self.arch.fusion
+        if not fusion:
+            return self._logits(x)
+        # late fusion with a colour index channel (Architecture.fusion): the network sees its
+        # bands only; its landslide probability is mixed with the index and returned as the
+        # logits of a two-class softmax that gives back exactly that mixture
+        weight = float(fusion["weight"])
+        index = x[:, int(fusion["channel"])].float()
+        logits = self._logits(x[:, :self.arch.in_chans])
+        p = torch.softmax(logits.float(), dim=1)[:, 1]
+        mixed = ((1.0 - weight) * p + weight * index).clamp(FUSION_EPS, 1.0 - FUSION_EPS)
+        logit = torch.log(mixed) - torch.log1p(-mixed)
+        return torch.stack([torch.zeros_like(logit), logit], dim=1).to(logits.dtype)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         ph = (-h) % self.multiple
         pw = (-w) % self.multiple

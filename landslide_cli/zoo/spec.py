@@ -17,6 +17,32 @@ class Architecture:
     decoder_width: int = 128
     num_classes: int = 2
     in_chans: int = 3
+    #: late fusion with a colour index (``None``: none): ``{"index": NAME, "channel": C,
+    #: "weight": W}`` makes the model's landslide probability ``(1 - W) * p + W * x[:, C]``,
+    #: ``p`` the network's own, ``x[:, C]`` the index channel that the InputSpec's ``derived``
+    #: appends after the bands (see :class:`~landslide_cli.zoo.segmenter.Segmenter`)
+    fusion: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.fusion is not None:
+            f = self.fusion
+            try:
+                weight, channel = float(f["weight"]), int(f["channel"])
+                index = str(f["index"])
+            except (KeyError, TypeError, ValueError):
+                raise LandslideError(f"architecture fusion {f!r}: expected index, channel and "
+                                     "weight") from None
+            if not 0.0 <= weight <= 1.0:
+                raise LandslideError(f"architecture fusion weight {weight}: must be in [0, 1]")
+            if channel < self.in_chans:
+                raise LandslideError(f"architecture fusion channel {channel} is one of the "
+                                     f"network's {self.in_chans} input bands")
+            self.fusion = {"index": index, "channel": channel, "weight": weight}
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the model's input: the network's ``in_chans`` plus a fused index."""
+        return max(self.in_chans, int(self.fusion["channel"]) + 1) if self.fusion else self.in_chans
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
