@@ -6,6 +6,7 @@ file > built-in defaults (the paper's recipe); see docs/training.md.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,46 @@ def _parse_kv(items: list[str] | None, flag: str) -> dict[str, Any] | None:
     return out
 
 
+def _teachers(values: dict[str, Any]) -> None:
+    """``--teacher`` (repeatable, or comma-separated): the first is ``teacher``, the others are
+    ``extra_teachers``. ``--teacher-arg NAME:KEY=VALUE`` and ``--teacher-weights NAME=PATH``
+    address a further teacher; without ``NAME`` they are the first teacher's."""
+    given = _regions(values.pop("teacher"))
+    if given:
+        values["teacher"], values["extra_teachers"] = given[0], given[1:]
+    first = given[0] if given else None
+    plain: list[str] = []
+    named: dict[str, dict[str, Any]] = {}
+    for item in values.pop("teacher_arg") or []:
+        key, sep, rest = item.partition("=")
+        name, colon, key = key.rpartition(":") if ":" in key else ("", "", key)
+        if colon and name.strip() and name.strip() != first:
+            parsed = _parse_kv([f"{key}{sep}{rest}"], f"--teacher-arg {name.strip()}:")
+            named.setdefault(name.strip(), {}).update(parsed or {})
+        else:
+            plain.append(f"{key}{sep}{rest}")
+    values["teacher_args"] = _parse_kv(plain, "--teacher-arg")
+    values["extra_teacher_args"] = named or None
+    weights: dict[str, str] = {}
+    for item in values.pop("teacher_weights") or []:
+        name, sep, path = item.partition("=")
+        name = name.strip()
+        if sep and _TEACHER_NAME.fullmatch(name):
+            if name != first:
+                weights[name] = path
+                continue
+            item = path
+        if values.get("teacher_weights") is not None:
+            raise LandslideError("--teacher-weights PATH is given twice (a further teacher's "
+                                 "file is given as NAME=PATH)")
+        values["teacher_weights"] = item
+    values["extra_teacher_weights"] = weights or None
+
+
+#: a teacher name before "=" in --teacher-weights NAME=PATH (a path has "/", "\\" or ".")
+_TEACHER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _regions(items: list[str] | None) -> list[str] | None:
     if not items:
         return None
@@ -65,17 +106,20 @@ _DATA, _RUN, _MODEL = options.DATA, options.RUN, options.MODEL
 @app.command("distill")
 @options.train_command(
     DistillConfig,
-    _O("teacher", str, ("--teacher",), "Teacher.", _MODEL),
+    _O("teacher", list[str], ("--teacher",), "Teacher; repeat (or separate with commas) to "
+       "distil several at once: one neck and KL term each, D on the first.", _MODEL),
     _O("pretrained_teacher", bool, ("--pretrained-teacher",),
        "Pretrained teacher weights via timm (the default).", _MODEL, value=False),
     _O("teacher_random", bool, ("--teacher-random",),
        "Random-init teacher (tests/ablations only).", _MODEL, value=False),
-    _O("teacher_weights", Path, ("--teacher-weights",), "Local teacher weights file.", _MODEL),
+    _O("teacher_weights", list[str], ("--teacher-weights",), "Local teacher weights file; "
+       "NAME=PATH for a further teacher (repeatable).", _MODEL),
     _O("teacher_size", int, ("--teacher-size",),
        "Teacher input side (multiple of its patch size).", _MODEL,
        default="the multiple nearest --size"),
     _O("teacher_arg", list[str], ("--teacher-arg",),
-       "timm override KEY=VALUE for the teacher (repeatable), e.g. depth=2.", _MODEL),
+       "timm override KEY=VALUE for the teacher (repeatable), e.g. depth=2; "
+       "NAME:KEY=VALUE for a further teacher.", _MODEL),
     _O("backbone", str, ("--backbone", "--student"), "Student backbone.", _MODEL),
     _O("student_pretrained", bool, ("--student-pretrained/--student-random",),
        "Start the student from timm (ImageNet) weights.", _MODEL),
@@ -118,7 +162,7 @@ def distill(**values: Any) -> None:
         raise LandslideError("--pretrained-teacher and --teacher-random exclude each other")
     values["teacher_init"] = "random" if teacher_random else (
         "pretrained" if pretrained_teacher else None)
-    values["teacher_args"] = _parse_kv(values.pop("teacher_arg"), "--teacher-arg")
+    _teachers(values)
     cfg, quiet = _resolve(DistillConfig, values)
     _report(train_distill(cfg, reporter=cli_reporter(quiet)), "distill")
 

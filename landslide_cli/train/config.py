@@ -185,6 +185,13 @@ class DistillConfig(TrainConfig):
     teacher_size: int | None = None
     #: extra timm keyword arguments for the teacher and the discriminator's ViT (e.g. depth: 2)
     teacher_args: dict[str, Any] = field(default_factory=dict)
+    #: multi-teacher distillation: further frozen teachers (``TEACHERS``), each with its own
+    #: neck and KL term; all terms share ``loss_weighting`` (docs/training.md)
+    extra_teachers: list[str] = field(default_factory=list)
+    #: per further teacher (keyed by its name in ``extra_teachers``): timm keyword arguments
+    #: and a local weights file
+    extra_teacher_args: dict[str, Any] = field(default_factory=dict)
+    extra_teacher_weights: dict[str, Any] = field(default_factory=dict)
     #: student backbone (``BACKBONES`` registry) and its optional starting weights
     backbone: str = "pvt_v2_b0"
     student_pretrained: bool = False
@@ -224,6 +231,24 @@ class DistillConfig(TrainConfig):
             raise LandslideError("--tau must be positive")
         if not 0 <= self.mid_stage <= 3:
             raise LandslideError("--mid-stage must be 0, 1, 2 or 3")
+        self._validate_extra_teachers()
+
+    def _validate_extra_teachers(self) -> None:
+        """The per-teacher options name further teachers (names are checked when built)."""
+        further = ", ".join(self.extra_teachers) or "none"
+        for name, value in self.extra_teacher_args.items():
+            if name not in self.extra_teachers:
+                raise LandslideError(f"--teacher-arg {name}:KEY=VALUE: {name!r} is not a further "
+                                     f"teacher (further teachers: {further})")
+            if not isinstance(value, dict):
+                raise LandslideError(f"extra_teacher_args: {name}: expected a mapping of timm "
+                                     "option: value")
+        for name, value in self.extra_teacher_weights.items():
+            if name not in self.extra_teachers:
+                raise LandslideError(f"--teacher-weights {name}=PATH: {name!r} is not a further "
+                                     f"teacher (further teachers: {further})")
+            if not isinstance(value, str):
+                raise LandslideError(f"extra_teacher_weights: {name}: expected a file path")
 
 
 @dataclass

@@ -7,6 +7,10 @@ teacher's width and is resized (bilinear) to the teacher's token grid; the maps 
 ``method="kda"`` a discriminator (frozen ViT + trainable head) learns to tell ``O_T`` from
 ``O_S`` (least-squares GAN, or the paper's Eq. 2/3 with ``adv_loss="paper"``) and the student
 is also trained to be scored teacher-like.
+Multi-teacher distillation (``extra_teachers``): every further frozen teacher gets its own 1x1
+neck from the student's deepest stage and its own KL term ``kl_<teacher>``; the discriminator
+stays on the first teacher; ``loss_weighting`` (fixed, or the learnt uncertainty weights)
+combines all terms.
 Equations and the exact step order: docs/training.md.
 """
 
@@ -56,14 +60,16 @@ _RGB_NAMES = (("red", "r", "b4", "b04"), ("green", "g", "b3", "b03"), ("blue", "
 
 
 class DistillStudent(nn.Module):
-    """Student backbone plus 1x1 necks projecting stages to the teacher's width.
+    """Student backbone plus 1x1 necks projecting stages to the teachers' widths.
 
-    ``forward(x, grids)`` returns the neck outputs resized (bilinear) to ``grids``: the deepest
-    stage last, preceded by stage ``mid_stage`` when intermediate alignment is on.
+    ``forward(x, grids)`` returns the neck outputs resized (bilinear) to ``grids``, in the order
+    ``[mid, last, *extra]``: stage ``mid_stage`` when intermediate alignment is on, the deepest
+    stage through ``neck`` (the first teacher), then the deepest stage through each of
+    ``extra_necks`` (one per further teacher, width ``extra_dims[i]``).
     """
 
     def __init__(self, backbone: nn.Module, teacher_dim: int, *, mid_stage: int | None = None,
-                 mid_dim: int | None = None) -> None:
+                 mid_dim: int | None = None, extra_dims: Sequence[int] = ()) -> None:
         super().__init__()
         self.backbone = backbone
         widths = list(backbone.widths)
@@ -71,13 +77,19 @@ class DistillStudent(nn.Module):
         self.mid_stage = mid_stage
         self.mid_neck = (nn.Conv2d(widths[mid_stage], int(mid_dim or teacher_dim), 1)
                          if mid_stage is not None else None)
+        # no parameters (and no state-dict keys) with a single teacher
+        self.extra_necks = nn.ModuleList(nn.Conv2d(widths[-1], int(d), 1) for d in extra_dims)
 
     def forward(self, x: torch.Tensor, grids: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         feats = self.backbone(x)
         outs = []
+        first = 0
         if self.mid_neck is not None:
             outs.append(_resize(self.mid_neck(feats[self.mid_stage]), grids[0]))
-        outs.append(_resize(self.neck(feats[-1]), grids[-1]))
+            first = 1
+        outs.append(_resize(self.neck(feats[-1]), grids[first]))
+        for neck, grid in zip(self.extra_necks, grids[first + 1:], strict=True):
+            outs.append(_resize(neck(feats[-1]), grid))
         return outs
 
 
@@ -137,12 +149,22 @@ def rgb_indices(bands: Sequence[str]) -> list[int]:
     return [0, 0, 0]
 
 
+def extra_term(teacher: str) -> str:
+    """The loss term (and ``metrics.csv`` column stem) of a further teacher."""
+    return f"kl_{teacher}"
+
+
 class DistillTask(TrainTask):
-    """KD / KDA step logic for :func:`~landslide_cli.train.engine.fit`."""
+    """KD / KDA step logic for :func:`~landslide_cli.train.engine.fit`.
+
+    ``extra_teachers``: ``(name, teacher)`` pairs of multi-teacher distillation, in the order of
+    ``student.extra_necks``; each is read at its last level only.
+    """
 
     def __init__(self, cfg: DistillConfig, ctx: DistContext, *, dataset: Dataset,
                  spec: InputSpec, tiles: Any, teacher: nn.Module, student: DistillStudent,
-                 disc: nn.Module | None, levels: list[int]) -> None:
+                 disc: nn.Module | None, levels: list[int],
+                 extra_teachers: Sequence[tuple[str, nn.Module]] = ()) -> None:
         super().__init__(cfg, ctx)
         self.cfg: DistillConfig = cfg
         dev = ctx.device
@@ -150,18 +172,28 @@ class DistillTask(TrainTask):
         self.spec = spec
         self.tiles = tiles
         self.teacher = teacher.to(dev).eval()
+        self.teacher_name = str(getattr(teacher, "name", cfg.teacher))
         self.levels = levels
         self.adapter = TeacherInput(spec, teacher.mean, teacher.std, teacher.patch_size,
                                     cfg.teacher_size).to(dev)
+        if len(extra_teachers) != len(student.extra_necks):
+            raise ValueError(f"{len(extra_teachers)} further teachers, "
+                             f"{len(student.extra_necks)} extra necks")
+        self.extra_teachers = [(name, t.to(dev).eval()) for name, t in extra_teachers]
+        self.extra_adapters = [TeacherInput(spec, t.mean, t.std, t.patch_size,
+                                            cfg.teacher_size).to(dev)
+                               for _, t in self.extra_teachers]
         self.student_module = student.to(dev)
         self.student = common.wrap_ddp(self.student_module, ctx)
         self.kda = cfg.method == "kda"
         self.disc_module = disc.to(dev) if disc is not None else None
         self.disc = common.wrap_ddp(self.disc_module, ctx) if self.disc_module is not None \
             else None
-        names = ["kl"] + (["kl_mid"] if student.mid_neck is not None else []) \
+        extra = [extra_term(name) for name, _ in self.extra_teachers]
+        names = ["kl"] + (["kl_mid"] if student.mid_neck is not None else []) + extra \
             + (["adv"] if self.kda else [])
-        init = {"kl": cfg.kl_weight, "kl_mid": cfg.kl_weight, "adv": cfg.adv_weight}
+        init = {"kl": cfg.kl_weight, "kl_mid": cfg.kl_weight, "adv": cfg.adv_weight,
+                **{n: cfg.kl_weight for n in extra}}
         self.weighting: nn.Module
         if cfg.loss_weighting == "adaptive":
             self.weighting = UncertaintyWeighting(names, init).to(dev)
@@ -206,8 +238,12 @@ class DistillTask(TrainTask):
         self.teacher.eval()
 
     def teacher_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``[mid, last]`` of the first teacher (its ``levels``), then each further teacher's
+        last map."""
         with torch.no_grad(), autocast(self.ctx.device, self.dtype):
-            maps = self.teacher.forward_levels(self.adapter(x), self.levels)
+            maps = list(self.teacher.forward_levels(self.adapter(x), self.levels))
+            for (_, t), adapter in zip(self.extra_teachers, self.extra_adapters, strict=True):
+                maps += t.forward_levels(adapter(x), [t.num_levels - 1])
         return [m.float() for m in maps]
 
     def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -217,6 +253,8 @@ class DistillTask(TrainTask):
         with autocast(dev, self.dtype):
             s_maps = self.student(x, [m.shape[-2:] for m in t_maps])
         s_maps = [m.float() for m in s_maps]
+        n = len(self.levels)  # the first teacher's maps; the further teachers' follow
+        t_last, s_last = t_maps[n - 1], s_maps[n - 1]
         out: dict[str, torch.Tensor] = {}
 
         paper = cfg.adv_loss == "paper"
@@ -225,7 +263,7 @@ class DistillTask(TrainTask):
             assert self.disc is not None and self.opt_d is not None
             self.opt_d.zero_grad(set_to_none=True)
             with autocast(dev, self.dtype):
-                scores = self.disc(torch.cat([t_maps[-1], s_maps[-1].detach()], dim=0))
+                scores = self.disc(torch.cat([t_last, s_last.detach()], dim=0))
             d_t, d_s = scores.float().split([x.shape[0], x.shape[0]], dim=0)
             loss_d = (paper_discriminator_loss if paper else discriminator_loss)(d_t, d_s)
             self.scaler.scale(loss_d).backward()
@@ -233,18 +271,21 @@ class DistillTask(TrainTask):
             self.scaler.step(self.opt_d)
             out["d"] = loss_d.detach()
 
-        # 2) student step: KL (+ intermediate KL) (+ adversarial, D(O_S) -> 1)
+        # 2) student step: KL (+ intermediate KL) (+ one KL per further teacher)
+        # (+ adversarial, D(O_S) -> 1)
         self.opt_s.zero_grad(set_to_none=True)
-        terms = {"kl": kd_kl_loss(s_maps[-1], t_maps[-1], cfg.tau)}
-        if len(s_maps) > 1:
+        terms = {"kl": kd_kl_loss(s_last, t_last, cfg.tau)}
+        if n > 1:
             terms["kl_mid"] = kd_kl_loss(s_maps[0], t_maps[0], cfg.tau)
+        for i, (name, _) in enumerate(self.extra_teachers):
+            terms[extra_term(name)] = kd_kl_loss(s_maps[n + i], t_maps[n + i], cfg.tau)
         if self.kda:
             joint = paper or bool(getattr(self.disc_module, "joint_batch", False))
             with autocast(dev, self.dtype):
                 # the just-updated D; one batch with the teacher map when D has batch
                 # statistics (kda_authors) or needs D(O_T) (Eq. 3), a constant there
                 scores = self.disc(  # type: ignore[misc]
-                    torch.cat([t_maps[-1], s_maps[-1]], dim=0) if joint else s_maps[-1])
+                    torch.cat([t_last, s_last], dim=0) if joint else s_last)
             if joint:
                 score_t, score_s = scores.float().split([x.shape[0], x.shape[0]], dim=0)
             else:
@@ -326,6 +367,12 @@ class DistillTask(TrainTask):
             training={
                 "phase": "distill",
                 "teacher": cfg.teacher,
+                "teachers": [self.teacher_name, *(name for name, _ in self.extra_teachers)],
+                **({"extra_teacher_weights": {
+                    name: Path(cfg.extra_teacher_weights[raw]).name
+                    if raw in cfg.extra_teacher_weights else None
+                    for raw, (name, _) in zip(cfg.extra_teachers, self.extra_teachers,
+                                              strict=True)}} if self.extra_teachers else {}),
                 "teacher_init": cfg.teacher_init,
                 "teacher_weights": Path(cfg.teacher_weights).name if cfg.teacher_weights
                 else None,
@@ -370,18 +417,25 @@ def teacher_levels(teacher: nn.Module, cfg: DistillConfig) -> list[int]:
 
 def build_distill_task(cfg: DistillConfig, ctx: DistContext, *,
                        reporter: Reporter | None = None) -> DistillTask:
-    """Validate the data and build teacher, discriminator and student (no files written);
-    warnings go to ``reporter`` (rank 0 only)."""
+    """Validate the data and build the teacher(s), discriminator and student (no files
+    written); warnings go to ``reporter`` (rank 0 only)."""
     import landslide_cli.zoo  # noqa: F401 - registration
     from landslide_cli.zoo.registries import BACKBONES, TEACHERS
 
     teacher_name = TEACHERS.resolve(cfg.teacher)
+    extra_names = [TEACHERS.resolve(name) for name in cfg.extra_teachers]
+    names = [teacher_name, *extra_names]
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise LandslideError(f"--teacher {twice} is given twice: name each teacher once")
     backbone_name = BACKBONES.resolve(cfg.backbone)
     if cfg.teacher_init == "random":
-        if cfg.teacher_weights:
+        if cfg.teacher_weights or cfg.extra_teacher_weights:
             raise LandslideError("--teacher-random cannot be combined with --teacher-weights")
+        which = (f"{teacher_name} teacher" if not extra_names
+                 else f"teachers {', '.join(names)}")
         phase_reporter(cfg, ctx, reporter).warn(
-            f"distilling from a RANDOMLY initialised {teacher_name} teacher "
+            f"distilling from a RANDOMLY initialised {which} "
             "(--teacher-random): only meaningful for tests and ablations")
     tiles = common.open_split(cfg, cfg.train_split, what="distillation")
     spec = common.input_spec_for(tiles, cfg)
@@ -393,14 +447,20 @@ def build_distill_task(cfg: DistillConfig, ctx: DistContext, *,
                              img_size=cfg.teacher_size, **cfg.teacher_args)
     levels = teacher_levels(teacher, cfg)
     dims = teacher.level_dims(levels)
+    extras = [(name, TEACHERS.build(name, pretrained=pretrained,
+                                    weights=cfg.extra_teacher_weights.get(raw),
+                                    img_size=cfg.teacher_size,
+                                    **cfg.extra_teacher_args.get(raw, {})))
+              for raw, name in zip(cfg.extra_teachers, extra_names, strict=True)]
     disc = build_disc(cfg, teacher, teacher_name) if cfg.method == "kda" else None
     backbone = BACKBONES.build(backbone_name, in_chans=spec.num_bands,
                                pretrained=cfg.student_pretrained, weights=cfg.student_weights)
     mid = cfg.mid_stage if cfg.align == "intermediate" else None
     student = DistillStudent(backbone, dims[-1], mid_stage=mid,
-                             mid_dim=dims[0] if mid is not None else None)
+                             mid_dim=dims[0] if mid is not None else None,
+                             extra_dims=[t.level_dims([-1])[0] for _, t in extras])
     return DistillTask(cfg, ctx, dataset=dataset, spec=spec, tiles=tiles, teacher=teacher,
-                       student=student, disc=disc, levels=levels)
+                       student=student, disc=disc, levels=levels, extra_teachers=extras)
 
 
 def build_disc(cfg: DistillConfig, teacher: nn.Module, teacher_name: str) -> nn.Module:
