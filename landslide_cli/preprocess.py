@@ -14,6 +14,10 @@ normalize pixels identically: ``x = (raw / scale - mean) / std`` per band
 ``(x' - mean) / std = z``), so the model sees the range of ImageNet-normalised input whatever
 the sensor's brightness, contrast or white balance. "Tile" is the array handed to
 :func:`normalize`: a training crop, an ``eval`` tile, a ``predict`` window.
+
+*Terrain bands* (named ``dem`` or ``slope``, :mod:`landslide_cli.terrain`) hold metres and
+degrees, not sensor values: ``scale`` does not apply to them (their scale is 1, see
+:meth:`InputSpec.band_scales`), so their ``mean``/``std`` are in metres and degrees.
 """
 
 from __future__ import annotations
@@ -130,6 +134,13 @@ class InputSpec:
         """Channels of the model input :func:`normalize` produces: bands + derived."""
         return self.num_bands + len(self.derived)
 
+    def band_scales(self) -> list[float]:
+        """The divisor of each band: :attr:`scale`, but 1 for terrain bands (elevation in
+        metres, slope in degrees; :mod:`landslide_cli.terrain`)."""
+        from landslide_cli.terrain import terrain_kind
+
+        return [1.0 if terrain_kind(b) else float(self.scale) for b in self.bands]
+
     @property
     def indices(self) -> list[int]:
         """1-based band indices to read from a raster."""
@@ -166,9 +177,9 @@ def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None)
         out = _normalize_tile(raw, spec, valid)
     else:
         shape = (c, 1, 1)
-        mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * np.float32(spec.scale)
-        inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape)
-                     * np.float32(spec.scale))
+        scales = np.asarray(spec.band_scales(), dtype=np.float32).reshape(shape)
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * scales
+        inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape) * scales)
         out = raw.astype(np.float32, copy=True)
         out -= mean
         out *= inv
@@ -180,7 +191,7 @@ def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None)
 
 
 def _normalize_tile(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None) -> np.ndarray:
-    x = raw.astype(np.float64) / float(spec.scale)
+    x = raw.astype(np.float64) / np.asarray(spec.band_scales(), dtype=np.float64)[:, None, None]
     if valid is None:
         m = x.mean(axis=(-2, -1), keepdims=True)
         s = np.sqrt(((x - m) ** 2).mean(axis=(-2, -1), keepdims=True))

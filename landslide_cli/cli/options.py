@@ -313,6 +313,9 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
                 values=SPLIT_CHOICES),
     TrainOption("regions", list[str], ("--regions", "--region"),
                 "Regions (sub-datasets) to keep; repeat or separate with commas.", DATA),
+    TrainOption("bands", str, ("--bands",),
+                "Bands to train on: 1-based indices (e.g. 3,2,1), or Landslide4Sense names "
+                "(e.g. red,green,blue,slope; B4,B3,B2,dem).", DATA, default="all bands"),
     TrainOption("size", int, ("--size",), "Random-crop size of training tiles.", DATA),
     TrainOption("color_jitter", float, ("--color-jitter",), "Colour jitter strength.", DATA),
     TrainOption("scale_jitter", float, ("--scale-jitter",), "Scale jitter strength.", DATA),

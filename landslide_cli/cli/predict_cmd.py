@@ -55,6 +55,10 @@ def command(
              "the scene name is added to the file name)."),
     overwrite: bool = options.overwrite("Replace existing outputs."),
     resample_to: str = options.resample_to(),
+    dem: Path | None = typer.Option(
+        None, "--dem",
+        help="Elevation model (metres, any CRS) for a model with terrain bands (dem, slope): "
+             "resampled onto each scene's grid window by window, slope computed on the fly."),
     tta: str = options.tta(),
     adapt_bn: bool = options.adapt_bn(),
     adapt_bn_windows: int = options.adapt_bn_windows("windows of the scenes"),
@@ -95,7 +99,7 @@ def command(
         batch_size=batch_size, bands=bands, threshold=threshold, min_area=min_area,
         simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype, crs=crs,
         quicklook=quicklook, overwrite=overwrite, reporter=cli_reporter(quiet),
-        resample_to=resample_to,
+        resample_to=resample_to, dem=dem,
         rescale=rescale, nodata=nodata,
         tta=tta, adapt_bn=adapt_bn, adapt_bn_windows=adapt_bn_windows,
         **regional,

@@ -291,6 +291,7 @@ class TileSet(Sequence[Sample]):
             "regions": self.regions,
             "tiles": len(self),
             "skipped": len(self.skipped),
+            "bands": self.bands,
         }
 
     def validate(self, *, skip_bad: bool = False) -> list[tuple[str, str]]:

@@ -4,6 +4,16 @@ Image files ``image_N.h5`` hold dataset ``img`` shaped ``(128, 128, 14)`` (float
 ``mask_N.h5`` hold ``mask`` shaped ``(128, 128)`` with 0/1. Bands, in file order (the paper):
 Sentinel-2 B1-B12 (B1 B2 B3 B4 B5 B6 B7 B8 B9 B10 B11 B12), ALOS PALSAR slope (B13) and DEM
 (B14), all at ~10 m.
+
+The files store every band scaled to values around 1; :class:`H5Reader` returns the two terrain
+bands in physical units, as every terrain band of this project is (:mod:`landslide_cli.terrain`):
+``slope`` in degrees and ``dem`` in metres. The factors are those of the released files: their
+slope band holds whole degrees times :data:`L4S_SLOPE_STEP` and their DEM whole metres times
+:data:`L4S_DEM_STEP` (in the real patches of ``../shared/data/landslide4sense`` every value is an
+integer multiple of these steps to 1e-12: 0-74 degrees, 391-2774 m; the slope computed from the
+DEM at 10 m agrees with the slope band). The spec hint's mean/std of the two bands are the
+published ones converted by the same factors, so a model sees exactly the normalised values of
+the L4S baseline code.
 """
 
 from __future__ import annotations
@@ -19,18 +29,31 @@ from landslide_cli.preprocess import InputSpec
 
 L4S_BANDS = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12",
              "slope", "dem"]
-_ALIASES = {"b13": "slope", "b14": "dem", "elevation": "dem"}
+_ALIASES = {"b13": "slope", "b14": "dem", "elevation": "dem", "red": "b4", "green": "b3",
+            "blue": "b2", "nir": "b8"}
 _PRESETS = {"rgb": ["B4", "B3", "B2"], "all": list(L4S_BANDS)}
 #: Per-band mean/std of the raw patch values, as published with the L4S baseline code.
 L4S_MEAN = [-0.4914, -0.3074, -0.1277, -0.0625, 0.0439, 0.0803, 0.0644, 0.0802, 0.3000, 0.4082,
             0.0823, 0.0516, 0.3338, 0.7819]
 L4S_STD = [0.9325, 0.8775, 0.8860, 0.8869, 0.8857, 0.8418, 0.8354, 0.8491, 0.9061, 1.6072,
            0.8848, 0.9232, 0.9018, 1.2913]
+#: one degree of slope (band 13) and one metre of elevation (band 14) in the files' units
+L4S_SLOPE_STEP = 0.04927981818285986
+L4S_DEM_STEP = 0.0012939432042305726
+#: 1-based band -> file units per physical unit (degrees, metres)
+L4S_TERRAIN_STEPS = {13: L4S_SLOPE_STEP, 14: L4S_DEM_STEP}
+
+
+def l4s_band_stats(index: int) -> tuple[float, float]:
+    """``(mean, std)`` of 1-based band ``index`` in the units :class:`H5Reader` returns."""
+    step = L4S_TERRAIN_STEPS.get(index, 1.0)
+    return L4S_MEAN[index - 1] / step, L4S_STD[index - 1] / step
 
 
 def parse_l4s_bands(bands: Sequence[int | str] | str | None) -> list[int] | None:
-    """Band names (``B4``, ``slope``, ``dem``, presets ``rgb``/``all``) or 1-based indices ->
-    1-based indices into the 14 bands (None: all)."""
+    """Band names (``B4``, ``slope``, ``dem``; ``red``/``green``/``blue``/``nir`` for B4/B3/B2/B8;
+    presets ``rgb``/``all``) or 1-based indices -> 1-based indices into the 14 bands (None:
+    all)."""
     if bands is None:
         return None
     items = bands.split(",") if isinstance(bands, str) else list(bands)
@@ -48,7 +71,7 @@ def parse_l4s_bands(bands: Sequence[int | str] | str | None) -> list[int] | None
         if not 1 <= idx <= len(L4S_BANDS):
             raise LandslideError(
                 f"unknown Landslide4Sense band {text!r}; use 1..14 or one of: "
-                f"{', '.join(L4S_BANDS)} (or rgb, all)"
+                f"{', '.join(L4S_BANDS)} (or red, green, blue, nir, rgb, all)"
             )
         out.append(idx)
     return out or None
@@ -60,8 +83,8 @@ def l4s_spec_hint(indices: list[int] | None) -> InputSpec:
         bands=[L4S_BANDS[i - 1] for i in idx],
         band_indices=idx,
         scale=1.0,
-        mean=[L4S_MEAN[i - 1] for i in idx],
-        std=[L4S_STD[i - 1] for i in idx],
+        mean=[l4s_band_stats(i)[0] for i in idx],
+        std=[l4s_band_stats(i)[1] for i in idx],
         dtype="float32",
         resolution_m=[10.0, 10.0],
         tile=128,
@@ -81,9 +104,18 @@ def _h5_array(path: object, key: str) -> np.ndarray:
         raise DataError(f"cannot read HDF5 file {path}: {first}") from None
 
 
+def to_physical(image: np.ndarray) -> np.ndarray:
+    """Bands 13 (slope) and 14 (DEM) of a ``(14, H, W)`` float image from file units to degrees
+    and metres, in place (and returned)."""
+    for index, step in L4S_TERRAIN_STEPS.items():
+        image[index - 1] /= image.dtype.type(step)
+    return image
+
+
 @dataclass
 class H5Reader:
-    """Reads ``img`` (H, W, C) -> (C, H, W) and ``mask`` (H, W) from Landslide4Sense files."""
+    """Reads ``img`` (H, W, C) -> (C, H, W) and ``mask`` (H, W) from Landslide4Sense files;
+    bands 13 and 14 (of a 14-band file) come out in degrees and metres (module docstring)."""
 
     bands: list[int] | None = None
     image_key: str = "img"
@@ -95,6 +127,10 @@ class H5Reader:
             raise DataError(f"{sample.image_path}: expected an (H, W, bands) image, "
                             f"got shape {arr.shape}")
         arr = np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+        if arr.shape[0] == len(L4S_BANDS):
+            if arr.dtype.kind != "f":
+                arr = arr.astype(np.float32)
+            to_physical(arr)
         if self.bands:
             if max(self.bands) > arr.shape[0]:
                 raise DataError(f"{sample.image_path}: has {arr.shape[0]} bands; bands "

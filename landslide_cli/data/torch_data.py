@@ -21,6 +21,7 @@ from landslide_cli.data.base import TileSet, select_bands
 from landslide_cli.data.photometric import photometric as sensor_photometric
 from landslide_cli.errors import LandslideError
 from landslide_cli.preprocess import TILE_STD_MIN, InputSpec
+from landslide_cli.terrain import spectral_indices, terrain_positions
 
 #: mask value marking padded pixels while transforms run (replaced before returning)
 _PAD = -1
@@ -202,6 +203,11 @@ class SegmentationDataset(Dataset):
         self.pad_label = pad_label
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+        #: the image bands (not the terrain bands: elevation and slope are physical values
+        #: that no sensor changes, so the photometric augmentation leaves them alone)
+        self._spectral = spectral_indices(spec) if terrain_positions(spec) else None
+        #: ``raw / scale`` per band (terrain bands: 1, their values are metres and degrees)
+        self._scales = np.asarray(spec.band_scales(), dtype=np.float32).reshape(-1, 1, 1)
 
     def item_regions(self) -> list[str]:
         """The region of every item, in index order (region-balanced sampling)."""
@@ -223,7 +229,7 @@ class SegmentationDataset(Dataset):
         sample = self.tiles[index]
         raw, raw_mask = self.tiles.read(index)
         raw = select_bands(raw, self.spec, source=str(sample.image_path))
-        image = torch.from_numpy(raw.astype(np.float32, copy=False) / np.float32(self.spec.scale))
+        image = torch.from_numpy(raw.astype(np.float32, copy=False) / self._scales)
         mask = torch.from_numpy(raw_mask.astype(np.int64))
         g = self.generator(index)
         if self.augment is not None:
@@ -235,7 +241,11 @@ class SegmentationDataset(Dataset):
                                       center=center)
         if self.augment is not None:
             image, mask = self.augment.spatial(image, mask, g)
-            image = self.augment.photometric(image, g)
+            if self._spectral is None:
+                image = self.augment.photometric(image, g)
+            elif self._spectral:
+                image = image.clone()
+                image[self._spectral] = self.augment.photometric(image[self._spectral], g)
         valid = mask != _PAD
         if not bool(valid.all()):
             mask = torch.where(valid, mask, torch.tensor(self.pad_label, dtype=torch.int64))

@@ -50,6 +50,14 @@ from landslide_cli.predict.resample import (
     parse_resample_to,
     scene_ground_sampling,
 )
+from landslide_cli.predict.terrain import (
+    DemInfo,
+    TerrainSource,
+    check_dem_covers,
+    check_terrain_request,
+    open_dem,
+    plan_terrain,
+)
 from landslide_cli.predict.vectors import (
     FootprintBuilder,
     PolygonBatch,
@@ -70,6 +78,7 @@ from landslide_cli.radiometry import (
 )
 from landslide_cli.reporting import ProgressHandle, Reporter, as_reporter
 from landslide_cli.safety import Staged, check_distinct, check_target, first_line, same_file
+from landslide_cli.terrain import spectral_spec
 from landslide_cli.tta import check_tta, tta_of, with_tta
 
 #: finished polygons are appended to the GeoPackage in chunks of this many
@@ -99,6 +108,8 @@ class SceneSummary:
     gsd_m: float | None = None
     resample_m: float | None = None
     resolution_warning: str | None = None
+    #: ``--dem``: the DEM the model's terrain bands came from (None: no terrain band)
+    dem: str | None = None
 
 
 @dataclass
@@ -192,6 +203,10 @@ class PredictOptions:
         resample_to: ``None``/``"none"`` (windows at the scene's resolution), ``"auto"``
             (scenes outside the model's ``resolution_m`` are resampled to its nearest end) or
             a ground sampling distance in metres; see :mod:`landslide_cli.predict.resample`.
+        dem: the elevation model (a raster in metres, any CRS) that the model's terrain
+            bands (``dem``, ``slope``) are made from, window by window on each scene's grid;
+            required by such a model and refused by any other (see
+            :mod:`landslide_cli.predict.terrain`).
     """
 
     tile: int | None = None
@@ -214,6 +229,7 @@ class PredictOptions:
     resample_to: str | float | None = None
     #: ``auto``, ``fp32``, ``bf16`` or ``int8`` (:mod:`landslide_cli.precision`)
     precision: str = "auto"
+    dem: str | os.PathLike[str] | None = None
 
     def validate(self) -> None:
         """Raise a one-line :class:`LandslideError` for the first value out of range."""
@@ -270,6 +286,12 @@ class PlannedScene:
     rescale: BandMapping | None = None  # the --rescale mapping (None: values as read)
     resolution: ResolutionCheck | None = None  # GSD vs the model's range (--resample-to)
     resampler: WindowResampler | None = None  # None: windows run at native resolution
+    terrain: TerrainSource | None = None  # the model's terrain bands from --dem (None: none)
+
+    def reader_options(self) -> dict[str, Any]:
+        """The keywords of the scene's :class:`~landslide_cli.predict.raster.PrefetchReader`
+        besides its layout, bands and spec."""
+        return {"rescale": self.rescale, "resampler": self.resampler, "terrain": self.terrain}
 
 
 @dataclass
@@ -311,11 +333,17 @@ def plan_predict(scenes: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
         check_adapt_request(model, backend)
     band_list = options.band_list()
+    dem = open_dem(options.dem) if options.dem is not None else None
     sources = _open_sources(paths, model)  # URLs and STAC Items -> what GDAL opens
     paths = local_inputs(sources)  # the local files read (never overwritten)
+    if dem is not None:
+        paths = [*paths, Path(dem.path)]
     vector_targets = check_vector_targets(out, overwrite=options.overwrite, inputs=paths)
     infos = [open_scene(p) for p in sources]
     infos = _with_nodata(infos, options.nodata)
+    if dem is not None:  # (before a model is built: these do not depend on it)
+        for info, label in zip(infos, _scene_labels(infos), strict=True):
+            check_dem_covers(dem, info, label)
     prob_targets = _check_targets(_prob_targets(options.prob_out, infos), options, paths,
                                   what="--prob-out", suffixes=(".tif", ".tiff"))
     look_targets = _check_targets(_quicklook_targets(options.quicklook, sources), options,
@@ -323,22 +351,25 @@ def plan_predict(scenes: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     check_distinct([*vector_targets, *(("--prob-out", t) for t in prob_targets),
                     *(("--quicklook", t) for t in look_targets)])
     requested_crs = _resolve_crs(options.crs)
-    _check_scenes_against_header(model, infos, band_list, options.rescale)
+    _check_scenes_against_header(model, infos, band_list, options.rescale, options.dem)
     be = _resolve_backend(model, backend, device, options)
+    check_terrain_request(be.spec, options.dem)
     if options.adapt_bn:
         from landslide_cli.adapt import torch_model
 
         torch_model(be)  # a one-line error for ONNX, baselines and stand-ins
     tile = _window_size(be, options.tile)
     threshold = float(be.threshold if options.threshold is None else options.threshold)
-    bands = [_scene_bands(info, be.spec, band_list, options.rescale) for info in infos]
+    bands = [_scene_bands(info, spectral_spec(be.spec), band_list, options.rescale)
+             for info in infos]
     out_crs, warnings = _output_crs(infos, requested_crs)
     if getattr(be, "precision_note", ""):
         warnings.append(str(be.precision_note))  # e.g. bf16 failed its check: fp32
     planned = [PlannedScene(*row) for row in zip(infos, _scene_labels(infos), bands,
                                                   prob_targets, look_targets, strict=True)]
-    _plan_rescale(planned, be.spec, options, warnings)
+    _plan_rescale(planned, spectral_spec(be.spec), options, warnings)
     _plan_resolution(planned, be.spec, options, tile, warnings)
+    _plan_terrain(planned, be.spec, dem)
     return PredictPlan(out=Path(out), options=options, scenes=planned, backend=be, tile=tile,
                        threshold=threshold, crs=out_crs, warnings=warnings)
 
@@ -352,7 +383,7 @@ def prepare_backend(plan: PredictPlan, reporter: Reporter | None = None) -> None
         from landslide_cli.adapt import SceneWindows, adapt_backend, choose_windows, scene_batches
 
         scenes = [SceneWindows(s.info, s.bands, plan.layout(s.info, s.resampler),
-                               {"rescale": s.rescale, "resampler": s.resampler})
+                               s.reader_options())
                   for s in plan.scenes]  # read exactly as SceneRun reads them
         chosen = choose_windows(scenes, opts.adapt_bn_windows)
         batches = scene_batches(scenes, chosen, spec=plan.backend.spec,
@@ -455,14 +486,16 @@ def _peek_spec(model: Any) -> InputSpec | None:
 
 
 def _check_scenes_against_header(model: Any, infos: Sequence[SceneInfo],
-                                 band_list: list[int | str] | None, rescale: str = "auto"
-                                 ) -> None:
+                                 band_list: list[int | str] | None, rescale: str = "auto",
+                                 dem: Any = None) -> None:
     """Refuse scenes whose bands (or, with ``--rescale none``, data type) do not fit the
-    model, from the checkpoint header alone (before a model is built), when it can be read."""
+    model, and a missing or needless ``--dem``, from the checkpoint header alone (before a
+    model is built), when it can be read."""
     peeked = _peek_spec(model)
     if peeked is not None:
+        check_terrain_request(peeked, dem)
         for info in infos:
-            _scene_bands(info, peeked, band_list, rescale)
+            _scene_bands(info, spectral_spec(peeked), band_list, rescale)
 
 
 def _resolve_backend(model: Any, backend: str, device: str,
@@ -527,6 +560,7 @@ def _open_sources(paths: Sequence[Any], model: Any) -> list[Path | RemoteScene]:
     """Local scenes as they are; URLs and STAC Items as what GDAL opens (a STAC Item's assets
     chosen for the bands the model expects, by the checkpoint's header when it can be read)."""
     spec = _peek_spec(model) or InputSpec()
+    spec = spectral_spec(spec)  # (terrain bands come from --dem)
     return [open_source(p, bands=list(spec.bands), dtype=spec.dtype) for p in paths]
 
 
@@ -544,6 +578,16 @@ def _plan_resolution(planned: Sequence[PlannedScene], spec: InputSpec, options: 
                                                         label=scene.label)
         if check.warning:
             warnings.append(check.warning)
+
+
+def _plan_terrain(planned: Sequence[PlannedScene], spec: InputSpec, dem: DemInfo | None
+                  ) -> None:
+    """Each scene's :class:`~landslide_cli.predict.terrain.TerrainSource` (``--dem``): the
+    scene must have a CRS and the DEM must cover it."""
+    if dem is None:
+        return
+    for scene in planned:
+        scene.terrain = plan_terrain(spec, dem, scene.info, scene.label)
 
 
 def _output_crs(infos: Sequence[SceneInfo], requested: Any) -> tuple[Any, list[str]]:
@@ -707,6 +751,7 @@ def predict_scenes(
     adapt_bn_windows: int = 64,
     resample_to: str | float | None = None,
     precision: str = "auto",
+    dem: str | os.PathLike[str] | None = None,
     reporter: Reporter | None = None,
     options: PredictOptions | None = None,
 ) -> PredictSummary:
@@ -729,6 +774,8 @@ def predict_scenes(
             on the scenes (opt-in), see :class:`PredictOptions`.
         resample_to: ``--resample-to`` (``None``, ``"auto"`` or metres), see
             :class:`PredictOptions`.
+        dem: ``--dem``, the elevation model of a model with terrain bands, see
+            :class:`PredictOptions`.
         reporter: where warnings and the progress (in windows) go; ``None`` says nothing
             (the CLI passes its Rich reporter).
         options: all the options at once, instead of the option keywords (then those must
@@ -744,7 +791,8 @@ def predict_scenes(
         min_area=min_area, simplify=simplify, prob_out=prob_out, prob_dtype=prob_dtype,
         crs=crs, quicklook=quicklook, overwrite=overwrite, rescale=rescale, nodata=nodata,
         tta=tta, adapt_bn=adapt_bn,
-        adapt_bn_windows=adapt_bn_windows, resample_to=resample_to, precision=precision))
+        adapt_bn_windows=adapt_bn_windows, resample_to=resample_to, precision=precision,
+        dem=dem))
     plan = plan_predict(scenes, out, options, model=model, backend=backend, device=device)
     rep = as_reporter(reporter)
     for message in plan.warnings:
@@ -902,6 +950,7 @@ class PredictRun:
             **precision_row(be),
             **(scene.rescale or identity_mapping(opts.rescale)).columns(be.spec.scale),
             **(scene.resolution.record() if scene.resolution is not None else {}),
+            **({"dem": scene.terrain.dem.path} if scene.terrain is not None else {}),
         }
 
     def write_tables(self) -> None:
@@ -964,6 +1013,8 @@ class SceneRun:
             res = scene.resolution.record()
             self.summary.gsd_m, self.summary.resample_m = res["gsd_m"], res["resample_m"]
             self.summary.resolution_warning = scene.resolution.warning
+        if scene.terrain is not None:
+            self.summary.dem = scene.terrain.dem.path
         pixel = self.geo.pixel_size_m
         self.tol_px = opts.simplify / pixel if opts.simplify > 0 and pixel > 0 else 0.0
         self.buffered: list[dict[str, Any]] = []  # emitted polygons not yet written
@@ -971,7 +1022,8 @@ class SceneRun:
         self.forward_seconds = 0.0
         self.polygonizer = Polygonizer(info.width, plan.threshold, self.emit,
                                        open_top=self.band.start > 0)
-        all_valid = not info.needs_mask(scene.bands) and not info.is_float(scene.bands)
+        all_valid = not info.needs_mask(scene.bands) and not info.is_float(scene.bands) \
+            and scene.terrain is None  # (DEM nodata makes pixels invalid)
         self.footprint = FootprintBuilder(info.height, info.width, all_valid=all_valid)
 
     def run(self) -> tuple[Any, float]:
@@ -983,8 +1035,7 @@ class SceneRun:
         """Read, predict, stitch and polygonize the windows (of the band), then flush."""
         info = self.scene.info
         with PrefetchReader(info, self.band, self.scene.bands, self.backend.spec,
-                            self.batch_size, rescale=self.scene.rescale,
-                            resampler=self.scene.resampler) as reader, \
+                            self.batch_size, **self.scene.reader_options()) as reader, \
                 _Worker(self.post) as worker:
             for item in reader:
                 worker.submit(item, self.forward(item))

@@ -248,11 +248,16 @@ class PrefetchReader:
 
     def __init__(self, scene: SceneInfo, layout: GridLayout, indexes: list[int],
                  spec: InputSpec, batch_size: int, *, prefetch: int = 2,
-                 rescale: BandMapping | None = None, resampler: Any = None) -> None:
+                 rescale: BandMapping | None = None, resampler: Any = None,
+                 terrain: Any = None) -> None:
         """``resampler``: a :class:`~landslide_cli.predict.resample.WindowResampler` that
-        turns each native window into model pixels (``--resample-to``), or ``None``."""
+        turns each native window into model pixels (``--resample-to``), or ``None``;
+        ``terrain``: a :class:`~landslide_cli.predict.terrain.TerrainSource` that adds the
+        model's terrain bands from ``--dem`` to each window (after ``--rescale``), or
+        ``None``."""
         self.scene, self.layout, self.indexes, self.spec = scene, layout, indexes, spec
         self.resampler = resampler
+        self.terrain = terrain
         self.rescale = rescale  # the scene's --rescale mapping (None: values as read)
         self.batch_size = max(1, int(batch_size))
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
@@ -303,7 +308,9 @@ class PrefetchReader:
         try:
             with warnings.catch_warnings(), gdal_env():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(scene.path) as ds:
+                with rasterio.open(scene.path) as ds, (
+                        self.terrain.open() if self.terrain is not None
+                        else contextlib.nullcontext()) as terrain:
                     pending: list[WindowItem] = []
                     batch: np.ndarray | None = None
                     k = 0
@@ -320,14 +327,19 @@ class PrefetchReader:
                                 f"{scene.path}: cannot read pixels at row {y0}, column {x0} "
                                 f"(damaged or truncated file? {first_line(exc)})"
                             ) from None
-                        if valid is not None and not valid.any():
+                        skip = valid is not None and not valid.any()
+                        if not skip:
+                            if self.rescale is not None:
+                                raw = self.rescale.apply(raw)
+                            if terrain is not None:  # the model's bands, scene and DEM valid
+                                raw, valid = terrain.window(raw, valid, y0, x0)
+                                skip = valid is not None and not valid.any()
+                        if skip:
                             pending.append(WindowItem(r, c, None, valid))
                         else:
                             if batch is None:
-                                batch = np.empty((self.batch_size, len(self.indexes), tile, tile),
+                                batch = np.empty((self.batch_size, spec.model_channels, tile, tile),
                                                  dtype=np.float32)
-                            if self.rescale is not None:
-                                raw = self.rescale.apply(raw)
                             if self.resampler is None:
                                 prepare_tile(raw, valid, spec, tile, batch[k])
                             else:

@@ -31,7 +31,7 @@ def open_split(cfg: TrainConfig, split: str, *, what: str = "training") -> Any:
 
     kwargs: dict[str, Any] = {"split": split, "split_file": cfg.split_file,
                               "seed": cfg.split_seed, "regions": cfg.regions,
-                              "skip_bad": cfg.skip_bad}
+                              "skip_bad": cfg.skip_bad, "bands": cfg.bands}
     if cfg.split_mode is not None:
         kwargs["split_mode"] = cfg.split_mode
     tiles = open_dataset(cfg.dataset, root, **kwargs)

@@ -87,6 +87,9 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     regions: list[str] | None = None
+    #: bands to train on, handed to the data set (``--bands``): 1-based raster indices, or for
+    #: landslide4sense names (``red,green,blue,slope``, ``B4,B3,B2,dem``); None: all bands
+    bands: list[str] | None = None
     #: skip unpaired or malformed tiles (with a warning) instead of stopping
     skip_bad: bool = False
     epochs: int = 200
