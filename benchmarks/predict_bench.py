@@ -59,8 +59,11 @@ def make_checkpoint(path: Path, width: int = 128) -> Path:
     return path
 
 
-def make_scene(path: Path, width: int, height: int, *, seed: int = 0) -> Path:
-    """Random-ish RGB terrain: smooth fields plus noise, written 512 rows at a time."""
+def make_scene(path: Path, width: int, height: int, *, seed: int = 0,
+               dtype: str = "uint8") -> Path:
+    """Random-ish RGB terrain: smooth fields plus noise, written 512 rows at a time;
+    ``dtype="uint16"`` stores the same 8-bit values x 257 (a 16-bit scene, which
+    ``--rescale auto`` maps onto the 8-bit model by streamed percentiles)."""
     import numpy as np
     import rasterio
     from rasterio.transform import from_origin
@@ -70,7 +73,7 @@ def make_scene(path: Path, width: int, height: int, *, seed: int = 0) -> Path:
         return path
     rng = np.random.default_rng(seed)
     profile = {
-        "driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
+        "driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": dtype,
         "crs": "EPSG:32633", "transform": from_origin(500000.0, 5000000.0, 1.0, 1.0),
         "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate",
         "bigtiff": "if_safer",
@@ -91,7 +94,8 @@ def make_scene(path: Path, width: int, height: int, *, seed: int = 0) -> Path:
                     f += np.sin(fx[c, k] * xs[None, :] + fy[c, k] * ys + ph[c, k])
                 f = 128 + 22 * f + rng.normal(0, 12, size=(h, width)).astype(np.float32)
                 band[c] = np.clip(f, 0, 255).astype(np.uint8)
-            ds.write(band, window=Window(0, y0, width, h))
+            ds.write(band if dtype == "uint8" else band.astype(np.uint16) * np.uint16(257),
+                     window=Window(0, y0, width, h))
     os.replace(tmp, path)
     return path
 
@@ -130,6 +134,8 @@ def child(args: argparse.Namespace) -> None:
                     x0 = ((i * args.batch_size + k) * 397) % max(1, ds.width - w + 1)
                     y0 = ((i * args.batch_size + k) * 211) % max(1, ds.height - h + 1)
                     raw = ds.read([1, 2, 3], window=Window(x0, y0, w, h))
+                    if raw.dtype != np.uint8:  # timing only: 16-bit back to the model range
+                        raw = (raw // 257).astype(np.uint8)
                     prepare_tile(raw, None, be.spec, args.tile, b[k])
                 t0, c0 = time.perf_counter(), time.process_time()
                 be.predict(b)
@@ -168,6 +174,7 @@ def child(args: argparse.Namespace) -> None:
         "overhead_in_run": scene_s / summary.forward_seconds,
         "overhead_cpu": total_cpu / (cpu_per_tile * summary.tiles),
         "device": summary.device, "torch_threads": torch.get_num_threads(),
+        "rescale": (summary.scenes[0].rescale or {}).get("mode"),
     }
     Path(args.result).write_text(json.dumps(result))
 
@@ -183,6 +190,9 @@ def main() -> None:
                          "marks ~2%% of pixels (inventory-like); the model's own 0.5 marks "
                          "~60%% and merges them into scene-sized polygons (a stress test)")
     ap.add_argument("--max-tiles", type=int, default=None)
+    ap.add_argument("--dtype", choices=("uint8", "uint16"), default="uint8",
+                    help="scene data type; uint16 = the 8-bit scene x 257, mapped by the "
+                         "default --rescale auto (memory must stay flat in scene size too)")
     ap.add_argument("--forward-tiles", type=int, default=48)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-mallopt", action="store_true",
@@ -211,9 +221,11 @@ def main() -> None:
             while height > args.tile and len(GridLayout(height, size, args.tile,
                                                         args.overlap)) > args.max_tiles:
                 height = max(args.tile, int(height * 0.8))
-        scene = make_scene(work / f"scene_{size}x{height}.tif", size, height)
-        out = work / f"out_{size}x{height}.gpkg"
-        result_file = work / f"result_{size}x{height}.json"
+        tag = "" if args.dtype == "uint8" else f"_{args.dtype}"
+        scene = make_scene(work / f"scene_{size}x{height}{tag}.tif", size, height,
+                           dtype=args.dtype)
+        out = work / f"out_{size}x{height}{tag}.gpkg"
+        result_file = work / f"result_{size}x{height}{tag}.json"
         cmd = [sys.executable, __file__, "--child", "--scene", str(scene), "--model", str(model),
                "--out", str(out), "--result", str(result_file), "--tile", str(args.tile),
                "--overlap", str(args.overlap), "--batch-size", str(args.batch_size),
@@ -235,7 +247,8 @@ def main() -> None:
               flush=True)
     info = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": results}
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "dtype": args.dtype,
+            "results": results}
     if len(results) > 1:
         base = results[0]["peak_rss_mb"]
         for r in results[1:]:
