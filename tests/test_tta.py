@@ -195,7 +195,7 @@ def test_torch_and_onnx_agree_with_tta(tiny64):
     from landslide_cli.export import export_onnx
 
     onnx_path = export_onnx(tiny64, tiny64.with_suffix(".onnx"), check_parity=False).path
-    torch_b = TorchBackend(tiny64, device="cpu")
+    torch_b = TorchBackend(tiny64, device="cpu", precision="fp32")
     onnx_b = open_backend(onnx_path, device="cpu")
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
     p_torch = with_tta(torch_b, "d4").predict(x)

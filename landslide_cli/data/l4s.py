@@ -9,7 +9,7 @@ The files store every band scaled to values around 1; :class:`H5Reader` returns 
 bands in physical units, as every terrain band of this project is (:mod:`landslide_cli.terrain`):
 ``slope`` in degrees and ``dem`` in metres. The factors are those of the released files: their
 slope band holds whole degrees times :data:`L4S_SLOPE_STEP` and their DEM whole metres times
-:data:`L4S_DEM_STEP` (in the real patches of ``../shared/data/landslide4sense`` every value is an
+:data:`L4S_DEM_STEP` (in the real Landslide4Sense patches shared with the project every value is an
 integer multiple of these steps to 1e-12: 0-74 degrees, 391-2774 m; the slope computed from the
 DEM at 10 m agrees with the slope band). The spec hint's mean/std of the two bands are the
 published ones converted by the same factors, so a model sees exactly the normalised values of
