@@ -92,3 +92,17 @@ def make_checkpoint(path: Path, *, input_spec: InputSpec | None = None, width: i
                           name=path.stem)
     save_checkpoint(path, model.state_dict(), meta)
     return path
+
+
+def assert_clean_failure(res: Any, out: Path, *words: str) -> None:
+    """A failed CLI run: non-zero exit, one ``error:`` line naming ``words``, no traceback,
+    and neither ``out`` nor a temporary of it left behind."""
+    assert res.exit_code != 0
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    for word in words:
+        assert word.lower() in res.stderr.lower(), res.stderr
+    assert not out.exists()
+    if out.parent.is_dir():
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]

@@ -11,7 +11,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from _predict_helpers import write_tif
+from _predict_helpers import assert_clean_failure, write_tif
 from rasterio.windows import Window
 
 
@@ -24,18 +24,6 @@ def _crop(src: Path, dst: Path, col: int, row: int, width: int, height: int) -> 
     with rasterio.open(dst, "w", **profile) as out:
         out.write(data)
     return dst
-
-
-def _assert_clean_failure(res, out: Path, *words: str) -> None:
-    assert res.exit_code != 0
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    for word in words:
-        assert word.lower() in res.stderr.lower(), res.stderr
-    assert not out.exists()
-    if out.parent.is_dir():
-        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
 
 def _check_inventory(out: Path, crs: str, prob: Path, threshold: float) -> None:
@@ -102,10 +90,10 @@ def test_sentinel2_with_bands_and_a_reflectance_model(run_cli, shared_data, s2_c
     # covers four unnamed bands without --bands; these four are named B04 red ... B08 nir)
     res = run_cli("predict", scene, "--out", tmp_path / "x.gpkg", "--model", tiny_checkpoint,
                   "--bands", "1,2,3", "--rescale", "none")
-    _assert_clean_failure(res, tmp_path / "x.gpkg", "uint16", "expects uint8", "--rescale")
+    assert_clean_failure(res, tmp_path / "x.gpkg", "uint16", "expects uint8", "--rescale")
     res = run_cli("predict", scene, "--out", tmp_path / "z.gpkg", "--model", s2_checkpoint,
                   "--bands", "1,2,9")
-    _assert_clean_failure(res, tmp_path / "z.gpkg", "band 9")
+    assert_clean_failure(res, tmp_path / "z.gpkg", "band 9")
 
 
 # ----------------------------------------------------------------------- bad input
@@ -120,7 +108,7 @@ def small_rgb(tmp_path) -> Path:
 def test_missing_scene(run_cli, tmp_path, tiny_checkpoint):
     out = tmp_path / "o.gpkg"
     res = run_cli("predict", tmp_path / "nope.tif", "--out", out, "--model", tiny_checkpoint)
-    _assert_clean_failure(res, out, "not found", "nope.tif")
+    assert_clean_failure(res, out, "not found", "nope.tif")
 
 
 def test_not_a_raster(run_cli, tmp_path, tiny_checkpoint):
@@ -128,7 +116,7 @@ def test_not_a_raster(run_cli, tmp_path, tiny_checkpoint):
     text.write_text("these are not pixels\n")
     out = tmp_path / "o.gpkg"
     res = run_cli("predict", text, "--out", out, "--model", tiny_checkpoint)
-    _assert_clean_failure(res, out, "notes.tif", "not a raster")
+    assert_clean_failure(res, out, "notes.tif", "not a raster")
 
 
 def test_truncated_tiff(run_cli, tmp_path, tiny_checkpoint):
@@ -139,7 +127,7 @@ def test_truncated_tiff(run_cli, tmp_path, tiny_checkpoint):
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     out = tmp_path / "o.gpkg"
     res = run_cli("-q", "predict", bad, "--out", out, "--model", tiny_checkpoint, "--tile", 64)
-    _assert_clean_failure(res, out, "truncated.tif")
+    assert_clean_failure(res, out, "truncated.tif")
 
 
 def test_raster_without_crs_warns_and_succeeds_padded(run_cli, tmp_path, tiny_checkpoint):
@@ -163,14 +151,14 @@ def test_wrong_band_count(run_cli, tmp_path, tiny_checkpoint):
     two = write_tif(tmp_path / "two.tif", np.zeros((2, 40, 40), np.uint8))
     out = tmp_path / "o.gpkg"
     res = run_cli("predict", two, "--out", out, "--model", tiny_checkpoint)
-    _assert_clean_failure(res, out, "2 bands", "expects 3 bands")
+    assert_clean_failure(res, out, "2 bands", "expects 3 bands")
 
 
 def test_unsupported_dtype(run_cli, tmp_path, tiny_checkpoint):
     flt = write_tif(tmp_path / "float.tif", np.zeros((3, 40, 40), np.float32))
     out = tmp_path / "o.gpkg"
     res = run_cli("predict", flt, "--out", out, "--model", tiny_checkpoint, "--rescale", "none")
-    _assert_clean_failure(res, out, "float32", "expects uint8", "--rescale")
+    assert_clean_failure(res, out, "float32", "expects uint8", "--rescale")
 
 
 def test_all_nodata_scene(run_cli, tmp_path, tiny_checkpoint):
@@ -178,13 +166,13 @@ def test_all_nodata_scene(run_cli, tmp_path, tiny_checkpoint):
     out = tmp_path / "o.gpkg"
     res = run_cli("-q", "predict", empty, "--out", out, "--model", tiny_checkpoint,
                   "--tile", 64)
-    _assert_clean_failure(res, out, "no valid pixels")
+    assert_clean_failure(res, out, "no valid pixels")
 
 
 def test_missing_output_folder(run_cli, small_rgb, tmp_path, tiny_checkpoint):
     out = tmp_path / "no" / "such" / "o.gpkg"
     res = run_cli("predict", small_rgb, "--out", out, "--model", tiny_checkpoint)
-    _assert_clean_failure(res, out, "does not exist")
+    assert_clean_failure(res, out, "does not exist")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
@@ -196,7 +184,7 @@ def test_unwritable_output_folder(run_cli, small_rgb, tmp_path, tiny_checkpoint)
     try:
         out = folder / "o.gpkg"
         res = run_cli("predict", small_rgb, "--out", out, "--model", tiny_checkpoint)
-        _assert_clean_failure(res, out, "cannot write")
+        assert_clean_failure(res, out, "cannot write")
     finally:
         folder.chmod(0o700)
 
@@ -228,7 +216,7 @@ def test_corrupt_model(run_cli, small_rgb, tmp_path):
     model.write_bytes(os.urandom(2048))
     out = tmp_path / "o.gpkg"
     res = run_cli("predict", small_rgb, "--out", out, "--model", model)
-    _assert_clean_failure(res, out, "broken.safetensors")
+    assert_clean_failure(res, out, "broken.safetensors")
 
 
 def test_default_model_missing_is_a_clear_error(run_cli, small_rgb, tmp_path):
@@ -238,7 +226,7 @@ def test_default_model_missing_is_a_clear_error(run_cli, small_rgb, tmp_path):
         pytest.skip("a default model is bundled")
     out = tmp_path / "o.gpkg"
     res = run_cli("predict", small_rgb, "--out", out)
-    _assert_clean_failure(res, out, "--model")
+    assert_clean_failure(res, out, "--model")
 
 
 def test_bad_options(run_cli, small_rgb, tmp_path, tiny_checkpoint):
@@ -252,7 +240,7 @@ def test_bad_options(run_cli, small_rgb, tmp_path, tiny_checkpoint):
                         (["--tile", "8"], ["--tile 8", "at least 16"]),
                         (["--backend", "tensorflow"], ["choose one of: auto, torch, onnx"])]:
         res = run_cli("predict", small_rgb, "--out", out, "--model", tiny_checkpoint, *args)
-        _assert_clean_failure(res, out, *words)
+        assert_clean_failure(res, out, *words)
     res = run_cli("predict", small_rgb, "--out", tmp_path / "o.shp", "--model",
                   tiny_checkpoint)
-    _assert_clean_failure(res, tmp_path / "o.shp", ".gpkg")
+    assert_clean_failure(res, tmp_path / "o.shp", ".gpkg")

@@ -12,7 +12,7 @@ import pyogrio
 import pytest
 import rasterio
 import shapely
-from _predict_helpers import ConvStandIn, make_checkpoint, write_tif
+from _predict_helpers import ConvStandIn, assert_clean_failure, make_checkpoint, write_tif
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_bounds
@@ -204,21 +204,10 @@ def rgbs_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            input_spec=RGBS)
 
 
-def _clean_failure(res, out: Path, *words: str) -> None:
-    assert res.exit_code != 0
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    for word in words:
-        assert word.lower() in res.stderr.lower(), res.stderr
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-
-
 def test_model_with_slope_needs_a_dem(run_cli, tmp_path, rgbs_checkpoint):
     out = tmp_path / "x.gpkg"
     res = run_cli("predict", _scene(tmp_path), "--out", out, "--model", rgbs_checkpoint)
-    _clean_failure(res, out, "terrain band", "slope (degrees)", "--dem")
+    assert_clean_failure(res, out, "terrain band", "slope (degrees)", "--dem")
 
 
 def test_dem_for_a_model_without_terrain_band(run_cli, tmp_path, tiny_checkpoint):
@@ -226,7 +215,7 @@ def test_dem_for_a_model_without_terrain_band(run_cli, tmp_path, tiny_checkpoint
     out = tmp_path / "x.gpkg"
     res = run_cli("predict", _scene(tmp_path), "--out", out, "--model", tiny_checkpoint,
                   "--dem", dem)
-    _clean_failure(res, out, "no terrain band", "red, green, blue", "leave --dem out")
+    assert_clean_failure(res, out, "no terrain band", "red, green, blue", "leave --dem out")
 
 
 def test_dem_that_does_not_cover_the_scene(run_cli, tmp_path, rgbs_checkpoint):
@@ -235,11 +224,11 @@ def test_dem_that_does_not_cover_the_scene(run_cli, tmp_path, rgbs_checkpoint):
                      crs=SCENE_CRS, transform=from_origin(X0, Y0, PIXEL, PIXEL))
     out = tmp_path / "x.gpkg"
     res = run_cli("predict", scene, "--out", out, "--model", rgbs_checkpoint, "--dem", half)
-    _clean_failure(res, out, "does not cover scene.tif", "covers 5")  # ~51 % of the centres
+    assert_clean_failure(res, out, "does not cover scene.tif", "covers 5")  # ~51 % of the centres
     far = write_tif(tmp_path / "far.tif", np.zeros((1, 10, 10), np.float32), crs="EPSG:4326",
                     transform=from_origin(100.0, 10.0, 0.01, 0.01))
     res = run_cli("predict", scene, "--out", out, "--model", rgbs_checkpoint, "--dem", far)
-    _clean_failure(res, out, "does not cover", "covers 0 %")
+    assert_clean_failure(res, out, "does not cover", "covers 0 %")
 
 
 def test_dem_without_crs_missing_or_not_a_raster(run_cli, tmp_path, rgbs_checkpoint):
@@ -250,14 +239,14 @@ def test_dem_without_crs_missing_or_not_a_raster(run_cli, tmp_path, rgbs_checkpo
                        dtype="float32") as ds:
         ds.write(np.zeros((1, H, W), np.float32))
     res = run_cli("predict", scene, "--out", out, "--model", rgbs_checkpoint, "--dem", bare)
-    _clean_failure(res, out, "bare.tif has no CRS", "georeference")
+    assert_clean_failure(res, out, "bare.tif has no CRS", "georeference")
     res = run_cli("predict", scene, "--out", out, "--model", rgbs_checkpoint, "--dem",
                   tmp_path / "nope.tif")
-    _clean_failure(res, out, "--dem", "not found")
+    assert_clean_failure(res, out, "--dem", "not found")
     text = tmp_path / "notes.tif"
     text.write_text("no pixels here\n")
     res = run_cli("predict", scene, "--out", out, "--model", rgbs_checkpoint, "--dem", text)
-    _clean_failure(res, out, "--dem", "not a raster")
+    assert_clean_failure(res, out, "--dem", "not a raster")
 
 
 def test_scene_without_crs_with_a_dem(tmp_path):
