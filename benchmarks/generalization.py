@@ -697,24 +697,25 @@ def joint_histogram(ckpt: str, index: str, tiles: Any, *, device: str = "auto") 
     """2-D histograms (model probability x colour-index score, :data:`JOINT_BINS` bins each)
     of the landslide and the background pixels of ``tiles``, so that any rule combining the
     two scores can be scored afterwards without running the model again."""
+    from dataclasses import replace
+
     import numpy as np
 
     from landslide_cli.backends import open_backend
-    from landslide_cli.baselines import BASELINES
+    from landslide_cli.baselines import derived_channels
     from landslide_cli.data import select_bands
     from landslide_cli.evaluate import predict_tiles
     from landslide_cli.preprocess import normalize
 
     be = open_backend(ckpt, backend="torch", device=device)
-    score = BASELINES.entry(index).builder
+    index_spec = replace(be.spec, derived=[index])  # the index as InputSpec.derived computes it
     n = JOINT_BINS
     pos, neg = np.zeros(n * n, np.int64), np.zeros(n * n, np.int64)
     for i in range(len(tiles)):
         raw, mask = tiles.read(i)
         raw = select_bands(raw, be.spec)
         prob = predict_tiles(be, normalize(raw[None], be.spec))[0]
-        rgb = raw[:3].astype(np.float32) / float(be.spec.scale)
-        idx_score = np.clip(np.nan_to_num(score(rgb[0], rgb[1], rgb[2])), 0, 1)
+        idx_score = derived_channels(raw, index_spec)[0]
         a = np.clip((prob * n).astype(np.int64), 0, n - 1)
         b = np.clip((idx_score * n).astype(np.int64), 0, n - 1)
         cell = (a * n + b).ravel()

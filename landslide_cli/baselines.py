@@ -111,17 +111,24 @@ def rgb_positions(names: list[str]) -> tuple[int, int, int]:
             _band(names, ("blue", "b", "b2"), 2))
 
 
+def index_score(score: Score, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``score(r, g, b)`` of [0, 1]-scaled bands as float32 in [0, 1]; negative values
+    (padding, odd normalization) carry no colour and count as black, NaN scores as 0."""
+    r, g, b = (np.maximum(v, 0.0) for v in (r, g, b))
+    out = score(r, g, b)
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def derived_channels(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None
                      ) -> np.ndarray:
     """The colour indices ``spec.derived`` of raw ``(C, H, W)`` / ``(N, C, H, W)`` bands as
     ``(k, H, W)`` / ``(N, k, H, W)`` float32 scores in [0, 1] (0 where ``valid`` is false),
     from ``raw / spec.scale`` of the red, green and blue bands."""
-    r, g, b = (np.maximum(raw[..., i, :, :].astype(np.float32) / np.float32(spec.scale), 0.0)
+    r, g, b = (raw[..., i, :, :].astype(np.float32) / np.float32(spec.scale)
                for i in rgb_positions(list(spec.bands)))
     out = []
     for name in spec.derived:
-        score = BASELINES.entry(name).builder(r, g, b)
-        score = np.clip(np.nan_to_num(score, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+        score = index_score(BASELINES.entry(name).builder, r, g, b)
         if valid is not None:
             score = score * np.asarray(valid, dtype=np.float32)
         out.append(score)
@@ -179,10 +186,7 @@ class BaselineBackend:
         mean = np.asarray(self.spec.mean, dtype=np.float32)
         std = np.asarray(self.spec.std, dtype=np.float32)
         r, g, b = (x[:, i] * std[i] + mean[i] for i in self._rgb)
-        # negative values (padding, odd normalization) carry no colour: treat them as black
-        r, g, b = (np.maximum(v, 0.0) for v in (r, g, b))
-        out = self.score(r, g, b)
-        return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+        return index_score(self.score, r, g, b)
 
     def __repr__(self) -> str:
         return f"BaselineBackend({self.model_name!r}, threshold={self.threshold})"

@@ -426,7 +426,7 @@ def init_input(cfg: SegmentConfig, meta: CheckpointMeta) -> dict[str, Any]:
     out = {**meta.input, **(cfg.input or {})}
     fusion = meta.arch.fusion
     if fusion and "derived" not in (cfg.input or {}):
-        # a fused model (landslide models fuse) fine-tunes its network; the colour index it
+        # a fused model (landslide fuse) fine-tunes its network; the colour index it
         # was mixed with is not an input of that network
         out["derived"] = [d for d in out.get("derived") or [] if d != fusion["index"]]
     bands = out.get("bands") or []

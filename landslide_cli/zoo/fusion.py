@@ -1,4 +1,4 @@
-"""Late fusion of a segmentation model with a colour index (``landslide models fuse``).
+"""Late fusion of a segmentation model with a colour index (``landslide fuse``).
 
 A network trained on a few sources ranks pixels of a new sensor well but its probabilities
 there are often shifted (docs/benchmarks.md, "Generalization"), while a colour index such as
@@ -22,18 +22,18 @@ from landslide_cli.errors import LandslideError
 
 
 def fused_meta(meta: CheckpointMeta, *, index: str, weight: float, threshold: float,
-               name: str | None = None, source: str = "", note: str = "") -> CheckpointMeta:
+               name: str | None = None, base_sha256: str = "", note: str = "") -> CheckpointMeta:
     """Metadata of ``meta``'s model fused with colour index ``index`` at weight ``weight``."""
     from landslide_cli.baselines import BASELINES, baseline_name
     from landslide_cli.preprocess import InputSpec
     from landslide_cli.zoo.spec import Architecture
 
     if meta.kind != "segmenter":
-        raise LandslideError(f"{source or meta.name}: is a {meta.kind} checkpoint, not a "
+        raise LandslideError(f"{meta.name}: is a {meta.kind} checkpoint, not a "
                              "segmentation model")
     arch = Architecture.from_dict(meta.architecture)
     if arch.fusion:
-        raise LandslideError(f"{source or meta.name}: is already fused with "
+        raise LandslideError(f"{meta.name}: is already fused with "
                              f"baseline:{arch.fusion['index']}")
     if not 0.0 <= weight <= 1.0:
         raise LandslideError(f"fusion weight {weight}: must be in [0, 1]")
@@ -53,9 +53,9 @@ def fused_meta(meta: CheckpointMeta, *, index: str, weight: float, threshold: fl
     training["fusion"] = {"index": index, "weight": float(weight),
                           "formula": BASELINES.entry(index).info["formula"],
                           "base_model": meta.name, "base_threshold": meta.threshold,
-                          **({"base_sha256": source} if source else {}),
+                          **({"base_sha256": base_sha256} if base_sha256 else {}),
                           **({"note": note} if note else {})}
-    training["threshold_source"] = note or "chosen when fusing (landslide models fuse)"
+    training["threshold_source"] = note or "chosen when fusing (landslide fuse)"
     return CheckpointMeta(kind=meta.kind, architecture=arch.to_dict(), input=spec.to_dict(),
                           threshold=float(threshold), classes=list(meta.classes),
                           name=name or f"{meta.name}+{index}", training=training,
@@ -77,7 +77,7 @@ def fuse_checkpoint(model: str | Path | None, out: str | Path, *, index: str = "
                        suffixes=(".safetensors",), inputs=[src])
     meta, state = load_checkpoint(src)
     new = fused_meta(meta, index=index, weight=weight, threshold=threshold, name=name,
-                     source=file_sha256(src), note=note)
+                     base_sha256=file_sha256(src), note=note)
     segmenter_from_checkpoint(new, state, source=str(out))  # the fused model must load
     save_checkpoint(out, state, new)
     arch = new.architecture
