@@ -119,12 +119,14 @@ def index_score(score: Score, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
 
 
-def derived_channels(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None
-                     ) -> np.ndarray:
+def derived_channels(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None,
+                     *, scaled: bool = False) -> np.ndarray:
     """The colour indices ``spec.derived`` of raw ``(C, H, W)`` / ``(N, C, H, W)`` bands as
     ``(k, H, W)`` / ``(N, k, H, W)`` float32 scores in [0, 1] (0 where ``valid`` is false),
-    from ``raw / spec.scale`` of the red, green and blue bands."""
-    r, g, b = (raw[..., i, :, :].astype(np.float32) / np.float32(spec.scale)
+    from ``raw / spec.scale`` of the red, green and blue bands (``scaled``: ``raw`` is
+    already divided by it, as the training data set's augmented tiles are)."""
+    div = np.float32(1.0 if scaled else spec.scale)
+    r, g, b = (raw[..., i, :, :].astype(np.float32) / div
                for i in rgb_positions(list(spec.bands)))
     out = []
     for name in spec.derived:

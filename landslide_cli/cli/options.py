@@ -319,6 +319,9 @@ TRAIN_OPTIONS: tuple[TrainOption, ...] = (
     TrainOption("size", int, ("--size",), "Random-crop size of training tiles.", DATA),
     TrainOption("color_jitter", float, ("--color-jitter",), "Colour jitter strength.", DATA),
     TrainOption("scale_jitter", float, ("--scale-jitter",), "Scale jitter strength.", DATA),
+    TrainOption("scale_range", str, ("--scale-range",),
+                "LO,HI: rescale crops by a log-uniform factor in [LO, HI] (ground-resolution "
+                "augmentation; overrides --scale-jitter).", DATA),
     TrainOption("num_workers", int, ("--num-workers",), "DataLoader workers per process.", DATA,
                 default="min(4, CPU cores available)"),
     TrainOption("out", Path, ("--out", "-o"),

@@ -9,6 +9,7 @@ applied identically to the image and the mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,19 @@ def _coin(g: torch.Generator | None) -> bool:
     return bool(torch.rand((), generator=g) < 0.5)
 
 
+def check_scale_range(value: Any) -> tuple[float, float]:
+    """``(lo, hi)`` of a scale range (a pair, or ``"LO,HI"``), checked: ``0 < lo <= hi <= 8``."""
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise LandslideError(f"scale range must be two numbers LO,HI, got {value!r}") from None
+    if not (0.0 < lo <= hi <= 8.0):
+        raise LandslideError(f"scale range must satisfy 0 < LO <= HI <= 8, got {lo:g},{hi:g}")
+    return lo, hi
+
+
 @dataclass
 class Augment:
     """Random training augmentations, identical geometry for image and mask.
@@ -46,6 +60,10 @@ class Augment:
             saturation factors drawn from ``U(1 - s, 1 + s)``; 0 disables it.
         scale_jitter: strength ``s`` in [0, 1): rescale image (bilinear) and mask (nearest) by a
             factor from ``U(1 - s, 1 + s)``; 0 disables it.
+        scale_range: ``(lo, hi)`` with ``0 < lo <= hi``: rescale by a factor drawn
+            log-uniformly from ``[lo, hi]`` instead (``lo = 1/3`` shows a 1 m tile as 3 m
+            imagery would: a ground-resolution augmentation across sensors); overrides
+            ``scale_jitter``; None: off.
         photometric_strength: sensor augmentation strength in [0, 1] (brightness, contrast,
             gamma, hue/saturation, blur, JPEG artefacts, noise; see
             :mod:`landslide_cli.data.photometric`), applied after colour jitter; 0 disables it.
@@ -60,6 +78,7 @@ class Augment:
     flips: bool = True
     color_jitter: float = 0.0
     scale_jitter: float = 0.0
+    scale_range: tuple[float, float] | None = None
     photometric_strength: float = 0.0
     fg_crop: float = 0.0
 
@@ -72,6 +91,8 @@ class Augment:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise LandslideError(f"augment {name} must be in [0, 1], got {value}")
+        if self.scale_range is not None:
+            self.scale_range = check_scale_range(self.scale_range)
 
     def crop_center(self, mask: torch.Tensor,
                     generator: torch.Generator | None = None) -> tuple[int, int] | None:
@@ -89,9 +110,13 @@ class Augment:
     def rescale(self, image: torch.Tensor, mask: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale jitter: ``image (C,H,W)`` bilinear, ``mask (H,W)`` nearest, same new size."""
-        if not self.scale_jitter:
+        if self.scale_range is not None:
+            lo, hi = (math.log(v) for v in self.scale_range)
+            f = math.exp(_uniform(lo, hi, generator))
+        elif self.scale_jitter:
+            f = _uniform(1 - self.scale_jitter, 1 + self.scale_jitter, generator)
+        else:
             return image, mask
-        f = _uniform(1 - self.scale_jitter, 1 + self.scale_jitter, generator)
         h, w = image.shape[-2:]
         size = (max(1, round(h * f)), max(1, round(w * f)))
         if size == (h, w):
@@ -249,10 +274,20 @@ class SegmentationDataset(Dataset):
         valid = mask != _PAD
         if not bool(valid.all()):
             mask = torch.where(valid, mask, torch.tensor(self.pad_label, dtype=torch.int64))
+        derived = None
+        if self.spec.derived:
+            # colour-index channels of the augmented tile, as preprocess.normalize appends
+            # them at inference (from the bands before standardisation, 0 outside ``valid``)
+            from landslide_cli.baselines import derived_channels
+
+            derived = torch.from_numpy(derived_channels(
+                image.numpy(), self.spec, valid.numpy(), scaled=True))
         if self.spec.normalization == "tile":
             image = standardize_tile(image, valid)
         else:
             image = (image - self._mean) / self._std
+        if derived is not None:
+            image = torch.cat([image.to(torch.float32), derived])
         image = image.to(torch.float32).contiguous()
         return {"image": image, "mask": mask.contiguous(), "valid": valid,
                 "region": sample.region, "name": sample.name, "index": index}

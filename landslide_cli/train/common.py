@@ -80,7 +80,9 @@ def make_augment(cfg: TrainConfig) -> Any:
     from landslide_cli.data import Augment
 
     return Augment(rot90=cfg.rot90, flips=cfg.flips, color_jitter=cfg.color_jitter,
-                   scale_jitter=cfg.scale_jitter, photometric_strength=cfg.photometric,
+                   scale_jitter=cfg.scale_jitter,
+                   scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
+                   photometric_strength=cfg.photometric,
                    fg_crop=cfg.fg_crop)
 
 

@@ -120,6 +120,10 @@ class TrainConfig:
     flips: bool = True
     color_jitter: float = 0.0
     scale_jitter: float = 0.0
+    #: ground-resolution augmentation: rescale crops by a factor drawn log-uniformly from
+    #: ``[LO, HI]`` (e.g. ``[0.33, 1.5]``: 1 m tiles seen as 0.67-3 m imagery); overrides
+    #: ``scale_jitter``; None: off
+    scale_range: list[float] | None = None
     #: sensor augmentation strength in [0, 1] (0: off): brightness, contrast, gamma,
     #: hue/saturation, blur, noise, JPEG artefacts (see ``landslide_cli.data.photometric``)
     photometric: float = 0.0
@@ -171,6 +175,13 @@ class TrainConfig:
         for name in ("photometric", "fg_crop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise LandslideError(f"--{name.replace('_', '-')} must be in [0, 1]")
+        if self.scale_range is not None:
+            from landslide_cli.data.torch_data import check_scale_range
+
+            try:
+                self.scale_range = list(check_scale_range(self.scale_range))
+            except LandslideError as exc:
+                raise LandslideError(f"--scale-range: {exc}") from None
 
 
 @dataclass

@@ -33,6 +33,7 @@ INHERITABLE: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "flips": ("augment", "flips"),
     "color_jitter": ("augment", "color_jitter"),
     "scale_jitter": ("augment", "scale_jitter"),
+    "scale_range": ("augment", "scale_range"),
     "photometric": ("augment", "photometric"),
     "fg_crop": ("augment", "fg_crop"),
     "sampling": ("sampling",),

@@ -259,6 +259,7 @@ class SegmentTask(TrainTask):
                          "class_weights": cfg.class_weights},
                 "augment": {"rot90": cfg.rot90, "flips": cfg.flips,
                             "color_jitter": cfg.color_jitter, "scale_jitter": cfg.scale_jitter,
+                            "scale_range": cfg.scale_range,
                             "photometric": cfg.photometric, "fg_crop": cfg.fg_crop},
                 "sampling": cfg.sampling,
                 "init": self.init_info,

@@ -37,6 +37,23 @@ def test_native_size_matches_the_spec_normalization(tiles):
     assert item["index"] == 1
 
 
+@pytest.mark.parametrize("normalization", ["fixed", "tile"])
+def test_derived_index_channels_match_inference(tiles, normalization):
+    """A model trained with ``input.derived`` sees the same index channels at training as
+    ``preprocess.normalize`` gives it in eval/predict/export; padding scores 0."""
+    spec = InputSpec(derived=["rg"], normalization=normalization)
+    item = SegmentationDataset(tiles, spec)[2]
+    raw, _ = tiles.read(2)
+    assert item["image"].shape == (4, 40, 36)
+    np.testing.assert_allclose(item["image"].numpy(), normalize(raw, spec), atol=1e-5)
+    padded = SegmentationDataset(tiles, spec, size=48)[2]
+    assert padded["image"].shape == (4, 48, 48)
+    assert float(padded["image"][3][~padded["valid"]].abs().max()) == 0.0
+    aug = SegmentationDataset(tiles, spec, Augment(color_jitter=0.3), size=32, seed=1)[2]
+    rg = aug["image"][3][aug["valid"]]
+    assert aug["image"].shape == (4, 32, 32) and 0.0 <= float(rg.min()) <= float(rg.max()) <= 1.0
+
+
 def test_centre_crop_and_pad_without_augment(tiles):
     spec = InputSpec()
     small = SegmentationDataset(tiles, spec, size=32)[0]
@@ -114,3 +131,33 @@ def test_band_selection_follows_the_spec(tmp_path):
     with pytest.raises(LandslideError, match="expects 5 band"):
         SegmentationDataset(tiles, InputSpec(bands=list("abcde"), mean=[0] * 5,
                                              std=[1] * 5))[0]
+
+
+def test_scale_range_is_log_uniform_and_checked():
+    aug = Augment(rot90=False, flips=False, scale_range=(0.25, 1.0))
+    g = torch.Generator().manual_seed(3)
+    sides = []
+    for _ in range(400):
+        image, mask = aug.rescale(torch.rand(3, 64, 64), torch.ones(64, 64, dtype=torch.int64), g)
+        assert image.shape[-2:] == mask.shape and set(mask.unique().tolist()) == {1}
+        sides.append(image.shape[-1])
+    sides = np.asarray(sides)
+    assert sides.min() >= 16 and sides.max() <= 64
+    # log-uniform on [1/4, 1]: half of the factors below 1/2 (uniform would give a third)
+    assert 0.42 < np.mean(sides < 32) < 0.58
+    # it overrides the linear jitter; strings from the command line parse
+    assert Augment(scale_jitter=0.1, scale_range="0.5,0.5").rescale(
+        torch.rand(3, 20, 20), torch.zeros(20, 20, dtype=torch.int64))[0].shape[-1] == 10
+    for bad in ("0,1", "2,1", "1", "a,b", (0.5, 9)):
+        with pytest.raises(LandslideError, match="scale range"):
+            Augment(scale_range=bad)
+
+
+def test_scale_range_in_the_training_config():
+    from landslide_cli.train.config import SegmentConfig
+
+    cfg = SegmentConfig(scale_range="0.33,1.5")
+    cfg.validate()
+    assert cfg.scale_range == [0.33, 1.5]
+    with pytest.raises(LandslideError, match="--scale-range"):
+        SegmentConfig(scale_range=[2, 1]).validate()
