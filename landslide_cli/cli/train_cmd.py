@@ -181,6 +181,9 @@ def distill(**values: Any) -> None:
                          "region equally often).", _DATA),
     _O("fg_crop", float, ("--fg-crop",),
        "Probability that a crop is centred on a landslide pixel.", _DATA),
+    _O("density_jitter", float, ("--density-jitter",),
+       "Per-tile normalization statistics with landslide pixels weighted by exp(U(-s, s)) "
+       "(0: off).", _DATA),
     _O("cpu_amp", bool, ("--cpu-amp/--no-cpu-amp",),
        "Train under bf16 autocast on CPU (loss and validation in fp32).", _RUN),
     _O("sync_bn", bool, ("--sync-bn/--no-sync-bn",), "SyncBatchNorm under torchrun.", _RUN),

@@ -83,7 +83,7 @@ def make_augment(cfg: TrainConfig) -> Any:
                    scale_jitter=cfg.scale_jitter,
                    scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
                    photometric_strength=cfg.photometric,
-                   fg_crop=cfg.fg_crop)
+                   fg_crop=cfg.fg_crop, density_jitter=cfg.density_jitter)
 
 
 def train_dataset(tiles: Any, spec: InputSpec, cfg: TrainConfig) -> Any:

@@ -132,6 +132,9 @@ class TrainConfig:
     sampling: str = "uniform"
     #: probability that a training crop is centred on a random landslide pixel
     fg_crop: float = 0.0
+    #: per-tile normalization statistics with landslide pixels weighted by exp(U(-s, s)):
+    #: the network learns not to depend on the window's landslide share (0: off)
+    density_jitter: float = 0.0
     sync_bn: bool = False
     log_every: int = 10
     #: validate (and write the model checkpoints) every N epochs and after the last one; the
@@ -175,6 +178,8 @@ class TrainConfig:
         for name in ("photometric", "fg_crop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise LandslideError(f"--{name.replace('_', '-')} must be in [0, 1]")
+        if not 0.0 <= self.density_jitter <= 8.0:
+            raise LandslideError("--density-jitter must be in [0, 8]")
         if self.scale_range is not None:
             from landslide_cli.data.torch_data import check_scale_range
 

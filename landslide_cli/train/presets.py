@@ -36,6 +36,7 @@ INHERITABLE: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "scale_range": ("augment", "scale_range"),
     "photometric": ("augment", "photometric"),
     "fg_crop": ("augment", "fg_crop"),
+    "density_jitter": ("augment", "density_jitter"),
     "sampling": ("sampling",),
 })
 

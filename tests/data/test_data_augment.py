@@ -161,3 +161,40 @@ def test_scale_range_in_the_training_config():
     assert cfg.scale_range == [0.33, 1.5]
     with pytest.raises(LandslideError, match="--scale-range"):
         SegmentConfig(scale_range=[2, 1]).validate()
+
+
+def test_density_jitter_reweights_the_tile_statistics(tiles):
+    from landslide_cli.data.torch_data import standardize_tile
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((3, 6, 5)))
+    mask = torch.from_numpy((rng.random((6, 5)) < 0.3).astype(np.int64))
+    valid = torch.ones(6, 5, dtype=torch.bool)
+    valid[0, 0] = False
+    # integer weights = the statistics of a tile whose landslide pixels appear twice
+    w = torch.where(mask == 1, 2.0, 1.0).double() * valid
+    x = image.numpy()[:, valid.numpy()]
+    dup = np.concatenate([x, image.numpy()[:, (valid & (mask == 1)).numpy()]], axis=1)
+    want = (image.numpy() - dup.mean(1)[:, None, None]) / dup.std(1)[:, None, None]
+    got = standardize_tile(image, valid, w).numpy()
+    np.testing.assert_allclose(got[:, valid.numpy()], want[:, valid.numpy()], rtol=1e-5)
+    assert got[:, 0, 0].tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(standardize_tile(image, valid, valid.double()).numpy(),
+                               standardize_tile(image, valid).numpy(), atol=1e-6)
+    aug = Augment(density_jitter=2.0)
+    factors = set()
+    for seed in range(20):
+        sw = aug.stat_weights(mask, valid, torch.Generator().manual_seed(seed))
+        assert torch.all(sw[mask == 0] == valid[mask == 0].double())
+        f = float(sw[(mask == 1) & valid][0])
+        assert np.exp(-2) <= f <= np.exp(2)
+        factors.add(round(f, 6))
+    assert len(factors) == 20
+    # in the data set: the same crop standardised differently from epoch to epoch
+    spec = InputSpec(normalization="tile")
+    ds = SegmentationDataset(tiles, spec, Augment(rot90=False, flips=False, density_jitter=2.0),
+                             size=None, seed=0)
+    ref = SegmentationDataset(tiles, spec, Augment(rot90=False, flips=False), size=None, seed=0)
+    assert not torch.allclose(ds[0]["image"], ref[0]["image"])
+    with pytest.raises(LandslideError, match="density_jitter"):
+        Augment(density_jitter=-1)
