@@ -188,8 +188,9 @@ def export_onnx(
         overwrite: replace an existing ``out``.
         exporter: ``torchscript`` (default) or ``dynamo``.
         optimize: export-time rewrites with the same math that ONNX Runtime runs faster
-            (channels-last reshapes around PVTv2 convolutions, two-class sigmoid head); the
-            parity check compares against the unmodified model.
+            (two-class sigmoid head; channels-last reshapes around the convolutions of a timm
+            PVTv2, which the loaded torch-only PVTv2 has already); the parity check compares
+            against the unmodified model.
         parity_data: a folder of image tiles (searched recursively) or one image for the real
             input parity check; default: ``$LANDSLIDE_SHARED/data/landslides`` when that
             variable is set, else none (the real-tile check is skipped).

@@ -47,9 +47,15 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path, spec):
     model = _model(spec)
     path = save_checkpoint(tmp_path / "m.safetensors", model.state_dict(), _meta(model))
     loaded = load_model(path)
+    # loading builds the torch-only PVTv2 (zoo/pvt_v2_native.py): the file round trip is
+    # exact against that module holding the same tensors, and the trained (timm) model gives
+    # the same outputs up to float rounding (its batch-1 convolutions pick other kernels)
+    same = build_segmenter(model.arch, native=True).eval()
+    same.load_state_dict(model.state_dict(), strict=True)
     x = torch.randn(1, 3, 65, 97)
     with torch.no_grad():
-        assert torch.equal(model(x), loaded.model(x))
+        assert torch.equal(same(x), loaded.model(x))
+        assert float((model(x) - loaded.model(x)).abs().max()) <= 1e-5
     assert not loaded.model.training
     assert loaded.sha256 == file_sha256(path)
     assert loaded.model.arch.spec == spec

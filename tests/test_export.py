@@ -191,7 +191,11 @@ def test_rewrites_change_the_graph_not_the_math(ckpt, exported, tmp_path):
     plain = export_onnx(ckpt, tmp_path / "plain.onnx", optimize=False)
     assert plain.rewrites == [] and plain.parity.random_max_diff <= 1e-4
     assert read_onnx_metadata(plain.path)["export"]["rewrites"] == []
-    assert any("MlpWithDepthwiseConv" in r for r in exported.rewrites)
+    # the checkpoint loads the torch-only PVTv2, whose token <-> image moves are NHWC<->NCHW
+    # permutes already (ORT folds them into its NCHWc reorders): no backbone rewrite is left,
+    # and neither graph has (0, 2, 1) token transposes (timm's rewrites: tests/zoo/
+    # test_pvt_native.py); the class softmax became a sigmoid
+    assert exported.rewrites == ["two-class softmax as sigmoid(l1 - l0)"]
     assert read_onnx_metadata(exported.path)["export"]["rewrites"] == exported.rewrites
 
     def ops(path: Path) -> list[str]:
@@ -201,11 +205,9 @@ def test_rewrites_change_the_graph_not_the_math(ckpt, exported, tmp_path):
         return [tuple(n.attribute[0].ints) for n in onnx.load(str(path)).graph.node
                 if n.op_type == "Transpose"]
 
-    # token <-> image moves are NHWC<->NCHW permutes (ORT folds them into its NCHWc
-    # reorders) instead of (0, 2, 1) token transposes; the class softmax became a sigmoid
-    fast, slow = perms(exported.path), perms(plain.path)
-    assert fast.count((0, 2, 1)) <= slow.count((0, 2, 1)) - 8
-    assert fast.count((0, 3, 1, 2)) >= slow.count((0, 3, 1, 2)) + 8
+    for graph in (exported.path, plain.path):
+        assert perms(graph).count((0, 2, 1)) == 0
+        assert perms(graph).count((0, 3, 1, 2)) >= 8
     assert "Sigmoid" in ops(exported.path)
     assert ops(exported.path).count("Softmax") == ops(plain.path).count("Softmax") - 1
 

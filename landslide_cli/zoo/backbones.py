@@ -1,4 +1,10 @@
-"""Student backbones: PVTv2 (timm, ``features_only``), four stages at strides 4/8/16/32."""
+"""Student backbones: PVTv2 (timm, ``features_only``), four stages at strides 4/8/16/32.
+
+Each PVTv2 size also registers a torch-only twin (:class:`~landslide_cli.zoo.pvt_v2_native.
+NativeFeatures`, same state-dict keys and outputs) in :data:`NATIVE_BACKBONES`: checkpoints
+loaded for inference use it and never import timm. timm itself is imported only when a
+:class:`TimmFeatures` is built (training, random-init specs).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from landslide_cli.zoo.registries import BACKBONES
+from landslide_cli.registry import canonical
+from landslide_cli.zoo.pvt_v2_native import NativeFeatures
+from landslide_cli.zoo.registries import BACKBONES, NATIVE_BACKBONES
 from landslide_cli.zoo.weights import create_timm
 
 PVT_V2 = ("pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4",
@@ -37,8 +45,14 @@ def _register_pvt(name: str) -> None:
               weights: str | Path | None = None) -> TimmFeatures:
         return TimmFeatures(name, in_chans=in_chans, pretrained=pretrained, weights=weights)
 
-    build.__doc__ = f"PVTv2 {name.rsplit('_', 1)[-1].upper()} from timm (features_only)."
-    BACKBONES.add(name, build, family="pvt_v2", source="timm")
+    def build_native(*, in_chans: int = 3) -> NativeFeatures:
+        return NativeFeatures(name, in_chans=in_chans)
+
+    size = name.removeprefix("pvt_v2_").upper()
+    build.__doc__ = f"PVTv2 {size} from timm (features_only)."
+    build_native.__doc__ = f"PVTv2 {size} in plain torch (inference twin of the timm model)."
+    BACKBONES.add(name, build, family="pvt_v2", source="timm", native=True)
+    NATIVE_BACKBONES[canonical(name)] = build_native
 
 
 for _name in PVT_V2:

@@ -72,14 +72,20 @@ class LoadedModel:
 
 
 def segmenter_from_checkpoint(meta: CheckpointMeta, state: dict[str, torch.Tensor],
-                              source: str = "checkpoint") -> Segmenter:
+                              source: str = "checkpoint", *, native: bool = True) -> Segmenter:
+    """The checkpoint's segmenter with its weights, in eval mode.
+
+    ``native`` (the default, for inference) builds the backbone's torch-only twin where it has
+    one (PVTv2: no timm/torchvision import, same keys and outputs); ``False`` builds the
+    training modules (timm).
+    """
     if meta.kind != "segmenter":
         raise CheckpointError(
             f"{source}: is a {meta.kind} checkpoint, not a segmentation model "
             "(use it with `landslide train segment --init`)"
         )
     try:
-        model = build_segmenter(meta.arch)
+        model = build_segmenter(meta.arch, native=native)
     except LandslideError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
     except (TypeError, ValueError, RuntimeError) as exc:

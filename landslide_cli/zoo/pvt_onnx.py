@@ -5,11 +5,17 @@ token <-> image moves around the PVTv2 convolutions become NHWC reshape + permut
 Runtime folds into its NCHWc reorders instead of materializing two transposes of the largest
 tensor in the network. Only the exported copy changes; the export's parity check compares it
 with the unmodified model.
+
+Checkpoints loaded for inference build the torch-only PVTv2
+(:mod:`landslide_cli.zoo.pvt_v2_native`), whose forwards are written this way already: it
+needs no rewrite, and :func:`rewrite_for_onnx` leaves it as it is. The rewrites apply to timm
+models (e.g. a backbone built by ``build_segmenter(..., native=False)``).
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import types
 from typing import Any
 
@@ -51,11 +57,12 @@ def rewrite_for_onnx(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` with ORT-friendly forwards on known timm blocks; names of rewrites.
 
     A block is rewritten only when it has every attribute the new forward reads (a timm
-    version with other internals keeps its own forward).
+    version with other internals keeps its own forward). timm is never imported here: a model
+    with timm blocks has imported it already, and a model without them has nothing to rewrite.
     """
-    try:
-        from timm.models import pvt_v2
-    except ImportError:  # pragma: no cover - timm is a dependency
+    model = copy.deepcopy(model)
+    pvt_v2 = sys.modules.get("timm.models.pvt_v2")
+    if pvt_v2 is None:
         return model, []
     targets = {
         pvt_v2.MlpWithDepthwiseConv: (_pvt_mlp_forward, ("fc1", "dwconv", "relu", "act", "fc2")),
@@ -63,7 +70,6 @@ def rewrite_for_onnx(model: nn.Module) -> tuple[nn.Module, list[str]]:
                            ("q", "kv", "proj", "sr", "pool", "norm", "num_heads", "head_dim",
                             "scale")),
     }
-    model = copy.deepcopy(model)
     applied: set[str] = set()
     for module in model.modules():
         entry = targets.get(type(module))

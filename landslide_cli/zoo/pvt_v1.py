@@ -3,7 +3,8 @@
 The student of the KDA paper (Wang et al., IEEE GRSL 2025) is a Pyramid Vision Transformer v1
 with widths 128/256/512/1024 and depths 2/4/6/2, not one of the published PVT sizes (those use
 widths 64/128/320/512). timm ships only PVTv2, so this module builds PVT v1 from timm's layers
-(:class:`timm.layers.Mlp`, :class:`timm.layers.DropPath`):
+(:class:`timm.layers.Mlp`, :class:`timm.layers.DropPath`, imported when a model is built, so
+that registering the zoo does not import timm):
 
 * four stages; each starts with a non-overlapping patch embedding (a convolution with kernel =
   stride = 4, 2, 2, 2, then LayerNorm), adds an absolute position embedding and runs ``depth``
@@ -51,7 +52,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
 from landslide_cli.errors import WeightsUnavailable
@@ -118,6 +118,8 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int,
                  drop_path: float = 0.0, qkv_bias: bool = True) -> None:
+        from timm.layers import DropPath, Mlp
+
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SRAttention(dim, num_heads, sr_ratio, qkv_bias=qkv_bias)
@@ -144,6 +146,8 @@ class PVTv1(nn.Module):
                  mlp_ratios: Sequence[float] = (8, 8, 4, 4),
                  sr_ratios: Sequence[int] = (8, 4, 2, 1), img_size: int = 224,
                  qkv_bias: bool = True, drop_path_rate: float = 0.1) -> None:
+        from timm.layers import trunc_normal_
+
         super().__init__()
         self.widths: list[int] = [int(d) for d in embed_dims]
         self.strides: list[int] = [4, 8, 16, 32]
@@ -193,6 +197,8 @@ class PVTv1(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
+    from timm.layers import trunc_normal_
+
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landslide_cli.zoo.registries import BACKBONES, DECODERS
+from landslide_cli.zoo.registries import BACKBONES, DECODERS, native_backbone
 from landslide_cli.zoo.spec import Architecture
 
 #: fused probabilities are clamped to [eps, 1 - eps] before their logit
@@ -64,8 +64,14 @@ class Segmenter(nn.Module):
 
 
 def build_segmenter(arch: Architecture | str, *, pretrained: bool = False,
-                    weights: str | Path | None = None) -> Segmenter:
-    """Build a segmenter; ``pretrained``/``weights`` apply to the backbone only."""
+                    weights: str | Path | None = None, native: bool = False) -> Segmenter:
+    """Build a segmenter; ``pretrained``/``weights`` apply to the backbone only.
+
+    ``native=True`` (loading a checkpoint for inference) builds the backbone's torch-only twin
+    (:data:`~landslide_cli.zoo.registries.NATIVE_BACKBONES`: the same state-dict keys and
+    outputs, default init, no timm import) when it has one and no pretrained weights are asked
+    for; otherwise the registered builder is used.
+    """
     if isinstance(arch, str):
         from landslide_cli.zoo.spec import parse_spec
 
@@ -74,8 +80,13 @@ def build_segmenter(arch: Architecture | str, *, pretrained: bool = False,
 
     arch.backbone = BACKBONES.resolve(arch.backbone)
     arch.decoder = DECODERS.resolve(arch.decoder)
-    backbone = BACKBONES.build(arch.backbone, in_chans=arch.in_chans, pretrained=pretrained,
-                               weights=weights)
+    twin = native_backbone(arch.backbone) if native and not pretrained and weights is None \
+        else None
+    if twin is not None:
+        backbone = twin(in_chans=arch.in_chans)
+    else:
+        backbone = BACKBONES.build(arch.backbone, in_chans=arch.in_chans, pretrained=pretrained,
+                                   weights=weights)
     decoder = DECODERS.build(arch.decoder, list(backbone.widths), num_classes=arch.num_classes,
                              width=arch.decoder_width)
     return Segmenter(backbone, decoder, arch)
