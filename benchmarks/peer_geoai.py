@@ -104,8 +104,10 @@ PROBE = textwrap.dedent("""
         return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
 
     from landslide_cli.zoo.loading import load_model
-    model = load_model(args["model"], device=torch.device("cpu")).model.eval()
-    x = torch.zeros(args["batch"], 3, args["tile"], args["tile"])
+    loaded = load_model(args["model"], device=torch.device("cpu"))
+    model = loaded.model.eval()
+    channels = loaded.meta.input_spec.model_channels  # bands + derived index channels
+    x = torch.zeros(args["batch"], channels, args["tile"], args["tile"])
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
     print(json.dumps({"gemm_fp32_gflops": gemm(torch.float32),
