@@ -40,8 +40,15 @@ def test_default_model_metadata_is_complete():
     per_region = json.dumps(meta.metrics)
     for region in ("sichuan", "bijie", "hokkaido", "amunet_uav"):
         assert region in per_region
-    # v2's recipe (issue #11): per-tile normalization, training percentiles for --rescale auto
-    assert spec.normalization == "tile"
+    # v3's recipe (issue #11): fixed normalization, the red-green index as a fourth input
+    # channel, training percentiles for --rescale auto, and a threshold from the
+    # leave-one-source-out rule rather than the validation tiles' best F1
+    assert spec.normalization == "fixed"
+    assert spec.derived == ["rg"] and spec.model_channels == 4 and meta.arch.in_chans == 4
+    rule = meta.training["threshold_rule"]
+    assert rule["rule"] == "shift" and rule["shift"] < 0
+    assert meta.threshold < rule["validation_threshold"]
+    assert "leave-one-source-out" in meta.training["threshold_source"]
     low, mid, high = spec.percentile(2), spec.percentile(50), spec.percentile(98)
     assert low and mid and high
     assert all(0 < a < b < c < 255 for a, b, c in zip(low, mid, high, strict=True))
@@ -49,31 +56,36 @@ def test_default_model_metadata_is_complete():
 
 
 def test_previous_default_is_still_shipped_and_unchanged():
-    """v1 stays available by name (inventories made with it can be reproduced)."""
+    """v1 and v2 stay available by name (inventories made with them can be reproduced)."""
     from landslide_cli.checkpoint import file_sha256
 
     shipped = shipped_models()
-    assert DEFAULT_MODEL == "landslide-pvtb0-dcf-v2"
+    assert DEFAULT_MODEL == "landslide-pvtb0-dcf-v3"
     v1 = shipped["landslide-pvtb0-dcf-v1"]
     assert file_sha256(v1) == "d49c0205d7b29258d79b56911e693b7403bf780170b9993fad98c781527a8ace"
     assert read_metadata(v1).input_spec.normalization == "fixed"
-    for model in ("landslide-pvtb0-dcf-v1", DEFAULT_MODEL):
+    v2 = shipped["landslide-pvtb0-dcf-v2"]
+    assert file_sha256(v2) == "0055b1f0f6c33c99bc41a7df383a9b224684f1ecd6420b78bd114da9154be42c"
+    assert read_metadata(v2).input_spec.normalization == "tile"
+    for model in ("landslide-pvtb0-dcf-v1", "landslide-pvtb0-dcf-v2", DEFAULT_MODEL):
         assert shipped[model].stat().st_size <= 32 * 1024 * 1024
     card = (models_dir() / f"{DEFAULT_MODEL}.md").read_text(encoding="utf-8")
-    assert "landslide-pvtb0-dcf-v1" in card and "leave-one-source-out" in card.lower()
+    for name in ("landslide-pvtb0-dcf-v1", "landslide-pvtb0-dcf-v2", "baseline:rg"):
+        assert name in card
+    assert "leave-one-source-out" in card.lower()
 
 
 def test_default_model_forward_pass_and_default_resolution():
     loaded = load_model(None)
     assert loaded.name == DEFAULT_MODEL
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 96, 80)
+    x = torch.randn(2, loaded.meta.input_spec.model_channels, 96, 80)
     with torch.no_grad():
         logits = loaded.model(x)
     assert logits.shape == (2, 2, 96, 80)
     assert torch.isfinite(logits).all()
     backend = open_backend(None, device="cpu")
-    prob = backend.predict(np.zeros((1, 3, 64, 64), dtype=np.float32))
+    prob = backend.predict(backend.spec.normalize(np.full((1, 3, 64, 64), 90, np.uint8)))
     assert prob.shape == (1, 64, 64) and ((prob >= 0) & (prob <= 1)).all()
 
 

@@ -12,7 +12,7 @@ from landslide_cli.errors import CheckpointError, LandslideError
 from landslide_cli.zoo.segmenter import Segmenter, build_segmenter
 
 #: Name of the embedded default model (``models/<name>.safetensors``).
-DEFAULT_MODEL = "landslide-pvtb0-dcf-v2"
+DEFAULT_MODEL = "landslide-pvtb0-dcf-v3"
 
 
 def models_dir() -> Path:

@@ -103,7 +103,9 @@ def test_preset_inherits_augmentations_repicks_threshold_and_resumes(run_cli, ti
     assert t["lr_backbone"] == [1e-4, 1e-6] and t["lr_decoder"] == [1e-4, 1e-6]
     # the init's recorded crop size and augmentations, except the flag given
     assert t["size"] == 64  # --size given
-    assert t["augment"] == {**AUGMENT, "color_jitter": 0.05}
+    # the init model records no scale_range / density_jitter: their defaults (off)
+    assert t["augment"] == {**AUGMENT, "color_jitter": 0.05, "scale_range": None,
+                            "density_jitter": 0.0}
     assert t["sampling"] == "region"
     # validated once, after the last epoch: the threshold is the validation's best F1
     val = meta.metrics["val"]["overall"]
