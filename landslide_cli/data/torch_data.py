@@ -324,20 +324,17 @@ def standardize_tile(image: torch.Tensor, valid: torch.Tensor | None = None,
     ``weights`` ((H, W), zero outside ``valid``): a weighted mean and deviation instead
     (the training augmentation ``density_jitter``)."""
     x = image.to(torch.float64)
-    if weights is not None:
-        w = weights.to(torch.float64)
-        n = w.sum().clamp_min(1e-12)
-        m = (x * w).sum(dim=(-2, -1), keepdim=True) / n
-        v = (((x - m) ** 2) * w).sum(dim=(-2, -1), keepdim=True) / n
-        keep = (valid if valid is not None else torch.ones_like(w, dtype=torch.bool))
-        return ((x - m) / v.sqrt().clamp_min(TILE_STD_MIN) * keep).to(torch.float32)
-    if valid is None or bool(valid.all()):
-        m = x.mean(dim=(-2, -1), keepdim=True)
-        v = ((x - m) ** 2).mean(dim=(-2, -1), keepdim=True)
-        return ((x - m) / v.sqrt().clamp_min(TILE_STD_MIN)).to(torch.float32)
-    w = valid.to(torch.float64)
-    n = w.sum().clamp_min(1.0)
+    if weights is None:
+        if valid is None or bool(valid.all()):
+            m = x.mean(dim=(-2, -1), keepdim=True)
+            v = ((x - m) ** 2).mean(dim=(-2, -1), keepdim=True)
+            return ((x - m) / v.sqrt().clamp_min(TILE_STD_MIN)).to(torch.float32)
+        weights = valid
+    w = weights.to(torch.float64)
+    n = w.sum().clamp_min(1e-12)  # no valid pixel: both sums are 0, so m = v = 0
     m = (x * w).sum(dim=(-2, -1), keepdim=True) / n
     v = (((x - m) ** 2) * w).sum(dim=(-2, -1), keepdim=True) / n
-    out = (x - m) / v.sqrt().clamp_min(TILE_STD_MIN) * w
+    out = (x - m) / v.sqrt().clamp_min(TILE_STD_MIN)
+    if valid is not None:
+        out = out * valid
     return out.to(torch.float32)
