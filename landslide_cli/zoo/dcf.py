@@ -14,6 +14,9 @@ Bilinear interpolation is linear with weights summing to one and a 1x1 convoluti
 per-pixel affine map, so classifying at stride 4 and then upsampling gives exactly the same
 logits as upsampling 128-channel features first, at 1/64 of the memory. The decoder returns the
 stride-4 logits; :class:`~landslide_cli.zoo.segmenter.Segmenter` does the final upsampling.
+By the same argument the classifier is applied to every stage *before* the top-down fusion
+(with the stage weights folded into one ``(K, d)`` matrix per sample), so steps 4-5 add and
+upsample K-channel maps instead of d-channel ones; the result equals fusing first.
 
 For PVT widths [128, 256, 512, 1024] and ``d = 128`` the decoder has about 0.25M parameters
 (the paper reports 0.27M with learned DySample upsamplers in place of bilinear ones).
@@ -65,13 +68,20 @@ class DCFDecoder(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         projected = [proj(f) for proj, f in zip(self.proj, features, strict=True)]
-        weights = self.stage_weights(projected)
-        fused = [p * weights[:, i, :, None, None] for i, p in enumerate(projected)]
-        out = fused[-1]
-        for finer in reversed(fused[:-1]):
+        weights = self.stage_weights(projected)  # (N, S, d)
+        # classify each stage first: C (w_i * P_i) = (C diag w_i) P_i, one (K, d) matrix per
+        # sample and stage, so the top-down fusion runs on K-channel maps, not d-channel ones
+        # (exact: the fusion and bilinear upsampling are linear, the bias is added once)
+        cls = self.classifier.weight[:, :, 0, 0]  # (K, d)
+        per_stage = weights[:, :, None, :] * cls  # (N, S, K, d)
+        logits = [torch.matmul(per_stage[:, i].to(p.dtype), p.flatten(2)).unflatten(
+            2, p.shape[-2:]) for i, p in enumerate(projected)]
+        out = logits[-1]
+        for finer in reversed(logits[:-1]):
             out = F.interpolate(out, size=finer.shape[-2:], mode="bilinear", align_corners=False)
             out = out + finer
-        return self.classifier(out)
+        bias = self.classifier.bias
+        return out if bias is None else out + bias[:, None, None].to(out.dtype)
 
 
 @DECODERS.register("dcf", aliases=("dsmsff", "decoder_dsmsff"),

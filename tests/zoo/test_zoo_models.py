@@ -119,3 +119,27 @@ def test_segmenter_output_is_independent_of_batch_padding():
         a = model(x)
         b = model(x.clone())
     assert torch.equal(a, b)
+
+
+def test_dcf_classifies_per_stage_exactly_as_fusing_first() -> None:
+    """The DCF decoder classifies each stage before the top-down fusion; this must equal the
+    paper's order (fuse the d-channel maps, then the 1x1 classifier) up to rounding."""
+    import torch.nn.functional as F
+
+    from landslide_cli.zoo.dcf import DCFDecoder
+
+    torch.manual_seed(0)
+    dec = DCFDecoder([8, 16, 24, 32], num_classes=2, width=16).eval()
+    feats = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate([8, 16, 24, 32])]
+    with torch.no_grad():
+        projected = [proj(f) for proj, f in zip(dec.proj, feats, strict=True)]
+        weights = dec.stage_weights(projected)
+        fused = [p * weights[:, i, :, None, None] for i, p in enumerate(projected)]
+        out = fused[-1]
+        for finer in reversed(fused[:-1]):
+            out = F.interpolate(out, size=finer.shape[-2:], mode="bilinear",
+                                align_corners=False) + finer
+        expected = dec.classifier(out)
+        got = dec(feats)
+    assert got.shape == expected.shape == (2, 2, 32, 32)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
