@@ -241,6 +241,17 @@ def autocast_dtype(precision: str) -> Any:
     return {BF16: torch.bfloat16, FP16: torch.float16}.get(precision)
 
 
+def landslide_probability(logits: Any) -> Any:
+    """P(landslide) ``(N, H, W)`` float32 from logits ``(N, K, H, W)``: ``softmax[:, 1]``, for
+    two classes computed as the identical ``sigmoid(l1 - l0)`` (a third of the time on CPU)."""
+    import torch
+
+    logits = logits.float()
+    if logits.shape[1] == 2:
+        return torch.sigmoid(logits[:, 1] - logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
 def torch_probabilities(model: Any, batch: np.ndarray, device: Any, precision: str) -> np.ndarray:
     """``softmax(model(batch))[:, 1]`` as float32 numpy, under the autocast of ``precision``."""
     import contextlib
@@ -250,11 +261,12 @@ def torch_probabilities(model: Any, batch: np.ndarray, device: Any, precision: s
     dtype = autocast_dtype(precision)
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)  # as TorchBackend runs it
         ctx = (torch.autocast(device.type, dtype=dtype) if dtype is not None
                else contextlib.nullcontext())
         with ctx:
             logits = model(x)
-        return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        return landslide_probability(logits).cpu().numpy()
 
 
 @dataclass

@@ -137,3 +137,12 @@ def test_predict_reports_precision_in_json_and_runs(tmp_path):
     runs = pyogrio.read_dataframe(tmp_path / "b.gpkg", layer="runs")
     assert runs.precision.iloc[0] == "bf16"
     assert runs.precision_check.iloc[0].startswith("bf16 vs fp32 on 3 tiles")
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_landslide_probability_is_class_one_of_the_softmax(classes):
+    logits = torch.randn(2, classes, 5, 7) * 4
+    got = P.landslide_probability(logits.to(torch.bfloat16))
+    want = torch.softmax(logits.to(torch.bfloat16).float(), dim=1)[:, 1]
+    assert got.dtype == torch.float32 and got.shape == (2, 5, 7)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

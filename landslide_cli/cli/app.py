@@ -11,7 +11,7 @@ from rich.markup import escape
 from landslide_cli import __version__
 from landslide_cli.cli import common, eval_cmd, export_cmd, models_cmd, predict_cmd, train_cmd
 from landslide_cli.errors import LandslideError
-from landslide_cli.runtime import tune_allocator
+from landslide_cli.runtime import tune_allocator, tune_openmp
 
 try:  # typer >= 0.20 vendors its own copy of click
     from typer._click import exceptions as click_exc
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every failure into one line and an exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     tune_allocator()
+    tune_openmp()
     try:
         result = app(args=args, prog_name="landslide", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -686,6 +686,12 @@ class _Worker:
         self._stop()
 
     def _run(self) -> None:
+        # one GDAL environment for the thread's life: rasterio's polygonize and rasterize
+        # calls otherwise set one up (and probe its data folders) on every block
+        with gdal_env():
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             job = self.jobs.get()
             if job is None:
