@@ -109,7 +109,8 @@ def tile_rows(data: Path, precisions: list[str]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for precision in ["fp32", *[p for p in precisions if p != "fp32"]]:
         report = evaluate(None, tiles, precision=precision)
-        rows[precision] = {"iou": report.overall["iou"], "f1": report.overall["f1"],
+        m = report.overall.compute()
+        rows[precision] = {"iou": float(m["iou"]), "f1": float(m["f1"]),
                            "tiles": len(report.tiles)}
     return rows
 
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlaps", default="0.25,0.125,0.0625")
     p.add_argument("--precisions", default="fp32,auto")
     p.add_argument("--scenes", default="A,B,C,hokkaido",
-                   help="AMU-Net scenes (A, B, C) and/or 'hokkaido' (the shared scene)")
+                   help="AMU-Net scenes (A, B, C) and/or 'hokkaido' (the shared scene); "
+                        "'' for none")
     p.add_argument("--tiles", action="store_true", help="also evaluate() every shared tile")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "overlap-check")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                              if (pr, ov) != REFERENCE]
 
     scenes: list[tuple[str, Path, np.ndarray | None]] = []
-    for name in args.scenes.split(","):
+    for name in filter(None, args.scenes.split(",")):
         if name == "hokkaido":
             scenes.append((name, args.data / "scenes" / "hokkaido_iburi_2018_rgb.tif", None))
         else:
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ref = results["configs"][f"{REFERENCE[0]}-{REFERENCE[1]:g}"]
     table = []
-    for tag, rows in results["configs"].items():
+    for tag, rows in results["configs"].items() if scenes else []:
         row: dict[str, Any] = {"config": tag}
         row["windows"] = sum(r["tiles"] for r in rows.values())
         row["seconds"] = sum(r["seconds"] for r in rows.values())
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             row["truth_iou"] = inter / union
             row["truth_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
         table.append(row)
-    base_iou = table[0].get("truth_iou")
+    base_iou = table[0].get("truth_iou") if table else None
     print()
     print("| config | windows | seconds | area vs ref | worst scene | min mask IoU vs ref "
           "| IoU vs truth | Δ IoU |")

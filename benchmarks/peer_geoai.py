@@ -20,7 +20,9 @@ What it does, in this order:
 4. measures the fp32 and bf16 GEMM rate (2048³ matmul) and counts the model's FLOPs per tile
    (``torch.utils.flop_counter.FlopCounterMode``), then reports each landslide run's achieved
    model GFLOP/s (FLOPs x tiles / forward seconds) and its fraction of the GEMM peak of the
-   precision it ran in;
+   precision it ran in, and times the model alone through the torch backend as ``predict``
+   runs it (channels-last, ``--precision auto``, batch ``--batch``, random input), which is
+   the model's throughput without the reader and polygonizer threads beside it;
 5. prints one table with MPix/s, peak RSS and the ratios to geoai, and writes
    ``--work/results.json``.
 """
@@ -110,9 +112,24 @@ PROBE = textwrap.dedent("""
     x = torch.zeros(args["batch"], channels, args["tile"], args["tile"])
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
+    # the model alone, as predict runs it (TorchBackend: channels-last, --precision auto)
+    import numpy as np
+    from landslide_cli.backends import TorchBackend
+    from landslide_cli.runtime import tune_allocator
+    tune_allocator()
+    be = TorchBackend(args["model"], device="cpu")
+    xb = np.random.default_rng(0).standard_normal(tuple(x.shape), dtype=np.float32)
+    for _ in range(2):
+        be.predict(xb)
+    reps = 5
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        be.predict(xb)
+    alone = (time.perf_counter() - t0) / (reps * args["batch"])
     print(json.dumps({"gemm_fp32_gflops": gemm(torch.float32),
                       "gemm_bf16_gflops": gemm(torch.bfloat16),
-                      "model_flops_per_tile": counter.get_total_flops() / args["batch"]}))
+                      "model_flops_per_tile": counter.get_total_flops() / args["batch"],
+                      "model_alone_s_per_tile": alone, "model_alone_precision": be.precision}))
 """)
 
 
@@ -246,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GEMM 2048³: fp32 {rates['gemm_fp32_gflops']:.1f} GFLOP/s, bf16 "
               f"{rates['gemm_bf16_gflops']:.1f} GFLOP/s; model "
               f"{rates['model_flops_per_tile'] / 1e9:.2f} GFLOP per {args.tile}² tile")
+        alone, prec = rates["model_alone_s_per_tile"], rates["model_alone_precision"]
+        peak = rates["gemm_bf16_gflops" if prec == "bf16" else "gemm_fp32_gflops"]
+        flops = rates["model_flops_per_tile"] / alone / 1e9
+        print(f"model alone (torch backend, batch {args.batch}, {prec}): "
+              f"{1000 * alone:.1f} ms per tile, {flops:.1f} GFLOP/s, "
+              f"{100 * flops / peak:.0f} % of the {prec} GEMM rate")
     print("| pipeline | scene time | MPix/s | vs geoai | peak RSS | vs geoai | precision | "
           "model GFLOP/s | of peak |\n|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for label, row in rows.items():
