@@ -37,6 +37,11 @@ _done = False
 GOMP_SPINS = "10000"
 
 
+def _opted_out() -> bool:
+    """``LANDSLIDE_NO_MALLOPT`` set (and not ``0``): leave the process settings alone."""
+    return os.environ.get("LANDSLIDE_NO_MALLOPT", "") not in ("", "0")
+
+
 def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
     """Keep freed memory in glibc's heap (no per-allocation mmap, rare trimming).
 
@@ -45,7 +50,7 @@ def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
     global _done
     if _done:
         return True
-    if sys.platform != "linux" or os.environ.get("LANDSLIDE_NO_MALLOPT", "") not in ("", "0"):
+    if sys.platform != "linux" or _opted_out():
         return False
     if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return False  # the user chose their own glibc settings
@@ -66,7 +71,7 @@ def tune_openmp() -> bool:
     """Set ``GOMP_SPINCOUNT`` (see the module docstring) unless the user chose a spin or wait
     policy, or ``LANDSLIDE_NO_MALLOPT=1``. Returns True when it set the variable; it has an
     effect only if torch (libgomp) is not loaded yet."""
-    if os.environ.get("LANDSLIDE_NO_MALLOPT", "") not in ("", "0"):
+    if _opted_out():
         return False
     if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         return False
