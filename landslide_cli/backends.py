@@ -8,7 +8,7 @@ past this interface, so the torch and ONNX Runtime paths give the same results.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,33 +66,20 @@ class TorchBackend:
         self.precision_note = settled.warning
         self.autocast = autocast_dtype(self.precision)
         self.amp = self.autocast is not None and dev.type == "cuda"
-        self._cast: tuple[Any, Any] | None = None  # (self.model, its copy in cast_dtype)
-
-    def runner(self) -> Any:
-        """The module that :meth:`predict` runs: :attr:`model` itself, or its bfloat16 copy on
-        a CPU in bf16 (see :func:`landslide_cli.precision.cast_dtype`), made once per model
-        (a new :attr:`model`, e.g. after ``--adapt-bn``, gets a new copy)."""
-        from landslide_cli.precision import cast_dtype, cast_model
-
-        dtype = cast_dtype(self.torch_device, self.precision)
-        if dtype is None:
-            return self.model
-        if self._cast is None or self._cast[0] is not self.model:
-            self._cast = (self.model, cast_model(self.model, dtype))
-        return self._cast[1]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        from landslide_cli.precision import landslide_probability, run_model
+        from landslide_cli.precision import landslide_probability
 
-        runner = self.runner()
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             if self.torch_device.type == "cuda":
                 x = x.pin_memory().to(self.torch_device, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
-            logits = run_model(runner, x, self.torch_device, self.precision)
+            with torch.autocast(self.torch_device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                logits = self.model(x)
             return landslide_probability(logits).cpu().numpy()
 
 

@@ -3,12 +3,9 @@
 ``auto`` picks, per device:
 
 * CUDA: the existing mixed precision (float16 autocast, ``fp16``);
-* CPU: ``bf16`` when the CPU has native bfloat16 instructions (AMX-BF16 or AVX-512 BF16, read
-  from ``/proc/cpuinfo`` at run time), else ``fp32`` (elsewhere bf16 is emulated and slower than
-  fp32). On the CPU, bf16 runs a bfloat16 copy of the model on bfloat16 inputs
-  (:func:`run_model`), not autocast: autocast keeps layer norms, GELUs and the residual stream
-  in float32 and converts between the two around every matrix product, which costs about a third
-  of the forward pass of the default model.
+* CPU: ``bf16`` (``torch.autocast("cpu", dtype=torch.bfloat16)``) when the CPU has native
+  bfloat16 instructions (AMX-BF16 or AVX-512 BF16, read from ``/proc/cpuinfo`` at run time), else
+  ``fp32`` (elsewhere bf16 is emulated and slower than fp32).
 
 Every reduced precision is guarded at first use: the model runs the parity tiles shipped inside
 the package (:func:`parity_tiles`, three real 128 x 128 RGB crops, see
@@ -244,41 +241,6 @@ def autocast_dtype(precision: str) -> Any:
     return {BF16: torch.bfloat16, FP16: torch.float16}.get(precision)
 
 
-def cast_dtype(device: Any, precision: str) -> Any:
-    """The dtype the weights and inputs are cast to for ``precision`` on ``device`` (``None``:
-    the model runs as it is, under autocast where :func:`autocast_dtype` says so): bfloat16 on
-    the CPU, where whole-model bf16 is faster than autocast."""
-    import torch
-
-    return torch.bfloat16 if precision == BF16 and device.type == "cpu" else None
-
-
-def cast_model(model: Any, dtype: Any) -> Any:
-    """A copy of ``model`` in ``dtype`` (``model`` itself is left as it is)."""
-    import copy
-
-    return copy.deepcopy(model).to(dtype)
-
-
-def run_model(model: Any, x: Any, device: Any, precision: str) -> Any:
-    """Logits of ``model`` on the float32 tensor ``x`` (on ``device``) in ``precision``.
-
-    ``model`` must already be in the dtype of :func:`cast_dtype` (see :func:`cast_model`);
-    ``x`` is cast to it. Otherwise the model runs under the autocast of ``precision``."""
-    import contextlib
-
-    import torch
-
-    dtype = cast_dtype(device, precision)
-    if dtype is not None:
-        return model(x.to(dtype))
-    auto = autocast_dtype(precision)
-    ctx = (torch.autocast(device.type, dtype=auto) if auto is not None
-           else contextlib.nullcontext())
-    with ctx:
-        return model(x)
-
-
 def landslide_probability(logits: Any) -> Any:
     """P(landslide) ``(N, H, W)`` float32 from logits ``(N, K, H, W)``: ``softmax[:, 1]``, for
     two classes computed as the identical ``sigmoid(l1 - l0)`` (a third of the time on CPU)."""
@@ -291,16 +253,19 @@ def landslide_probability(logits: Any) -> Any:
 
 
 def torch_probabilities(model: Any, batch: np.ndarray, device: Any, precision: str) -> np.ndarray:
-    """``softmax(model(batch))[:, 1]`` as float32 numpy, run as :class:`TorchBackend` runs
-    ``model`` (a float32 model) in ``precision``."""
+    """``softmax(model(batch))[:, 1]`` as float32 numpy, under the autocast of ``precision``."""
+    import contextlib
+
     import torch
 
-    dtype = cast_dtype(device, precision)
-    runner = model if dtype is None else cast_model(model, dtype)
+    dtype = autocast_dtype(precision)
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
         x = x.contiguous(memory_format=torch.channels_last)  # as TorchBackend runs it
-        logits = run_model(runner, x, device, precision)
+        ctx = (torch.autocast(device.type, dtype=dtype) if dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            logits = model(x)
         return landslide_probability(logits).cpu().numpy()
 
 

@@ -117,31 +117,3 @@ def test_torch_backend_runs_channels_last_with_the_contiguous_models_output(tiny
     with torch.inference_mode():
         want = torch.softmax(plain(torch.from_numpy(x)), dim=1)[:, 1].numpy()
     np.testing.assert_allclose(be.predict(x), want, atol=1e-5)
-
-
-def test_torch_backend_runs_a_bfloat16_copy_on_a_bf16_cpu(tiny_checkpoint, monkeypatch):
-    """On a CPU with native bf16, TorchBackend runs a bfloat16 copy of the model on bfloat16
-    inputs (not autocast); its own model stays float32, the copy is made once per model and
-    remade when the model is replaced (as --adapt-bn does), and the probabilities stay close
-    to fp32's."""
-    import copy
-
-    from landslide_cli.backends import TorchBackend
-    from landslide_cli.precision import FLAGS_ENV
-
-    monkeypatch.setenv(FLAGS_ENV, "avx512f avx512_bf16 amx_bf16")
-    be = TorchBackend(tiny_checkpoint, device="cpu", precision="bf16")
-    assert be.precision == "bf16" and be.precision_check.passed
-    runner = be.runner()
-    assert runner is not be.model and runner is be.runner()
-    assert {p.dtype for p in runner.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in be.model.parameters()} == {torch.float32}
-    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
-    got = be.predict(x)
-    assert got.dtype == np.float32 and got.shape == (2, 64, 64)
-    fp32 = TorchBackend(tiny_checkpoint, device="cpu", precision="fp32")
-    assert fp32.runner() is fp32.model
-    np.testing.assert_allclose(got, fp32.predict(x), atol=0.03)
-    adapted = copy.copy(be)
-    adapted.model = copy.deepcopy(be.model)
-    assert adapted.runner() is not runner and be.runner() is runner
