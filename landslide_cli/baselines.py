@@ -53,7 +53,14 @@ BASELINES: Registry[Score] = Registry("baseline")
                     description="normalized red-minus-green difference: bare soil and rock "
                                 "are redder than vegetation")
 def red_green(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return 0.5 * ((r - g) / (r + g + EPS) + 1.0)
+    # 0.5 * ((r - g) / (r + g + EPS) + 1), the same operations in place (fewer temporaries)
+    out = np.subtract(r, g)
+    den = np.add(r, g)
+    den += EPS
+    out /= den
+    out += 1.0
+    out *= 0.5
+    return out
 
 
 @BASELINES.register("exr", aliases=("excess_red",), threshold=0.544,
@@ -111,30 +118,48 @@ def rgb_positions(names: list[str]) -> tuple[int, int, int]:
             _band(names, ("blue", "b", "b2"), 2))
 
 
-def index_score(score: Score, r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
+def index_score(score: Score, r: np.ndarray, g: np.ndarray, b: np.ndarray, *,
+                inplace: bool = False) -> np.ndarray:
     """``score(r, g, b)`` of [0, 1]-scaled bands as float32 in [0, 1]; negative values
-    (padding, odd normalization) carry no colour and count as black, NaN scores as 0."""
-    r, g, b = (np.maximum(v, 0.0) for v in (r, g, b))
-    out = score(r, g, b)
-    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32, copy=False)
+    (padding, odd normalization) carry no colour and count as black, NaN scores as 0 (and
+    infinite ones as 0 or 1). ``inplace``: ``r``, ``g`` and ``b`` are the caller's scratch
+    arrays and may be overwritten."""
+    if inplace:
+        for v in (r, g, b):
+            np.maximum(v, 0.0, out=v)
+    else:
+        r, g, b = (np.maximum(v, 0.0) for v in (r, g, b))
+    out = np.asarray(score(r, g, b), dtype=np.float32)
+    if not out.flags.writeable:  # pragma: no cover - a score returning a read-only view
+        out = out.copy()
+    np.fmax(out, 0.0, out=out)  # (fmax/fmin: NaN -> 0, -inf -> 0, +inf -> 1)
+    np.fmin(out, 1.0, out=out)
+    return out
 
 
 def derived_channels(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None,
-                     *, scaled: bool = False) -> np.ndarray:
+                     *, scaled: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """The colour indices ``spec.derived`` of raw ``(C, H, W)`` / ``(N, C, H, W)`` bands as
     ``(k, H, W)`` / ``(N, k, H, W)`` float32 scores in [0, 1] (0 where ``valid`` is false),
     from ``raw / spec.scale`` of the red, green and blue bands (``scaled``: ``raw`` is
-    already divided by it, as the training data set's augmented tiles are)."""
+    already divided by it, as the training data set's augmented tiles are). ``out``: a float32
+    array of that shape to write them into (returned)."""
     div = np.float32(1.0 if scaled else spec.scale)
-    r, g, b = (raw[..., i, :, :].astype(np.float32) / div
-               for i in rgb_positions(list(spec.bands)))
-    out = []
-    for name in spec.derived:
-        score = index_score(BASELINES.entry(name).builder, r, g, b)
-        if valid is not None:
-            score = score * np.asarray(valid, dtype=np.float32)
-        out.append(score)
-    return np.stack(out, axis=-3)
+    shape = (*raw.shape[:-3], len(spec.derived), *raw.shape[-2:])
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise LandslideError(f"derived channels: out is {out.dtype} {out.shape}, expected "
+                             f"float32 {shape}")
+    positions = rgb_positions(list(spec.bands))
+    mask = None if valid is None else np.asarray(valid, dtype=bool)
+    for k, name in enumerate(spec.derived):
+        r, g, b = (np.true_divide(raw[..., i, :, :], div, dtype=np.float32) for i in positions)
+        score = index_score(BASELINES.entry(name).builder, r, g, b, inplace=True)
+        if mask is not None:
+            score *= mask
+        out[..., k, :, :] = score
+    return out
 
 
 class BaselineBackend:

@@ -159,12 +159,15 @@ class InputSpec:
         return normalize(raw, self, valid)
 
 
-def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None) -> np.ndarray:
+def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None, *,
+              out: np.ndarray | None = None) -> np.ndarray:
     """``(raw / scale - mean) / std`` per band, as float32. Channel axis is -3.
 
     With ``spec.normalization == "tile"``: per image and band ``(x - m) / max(s, TILE_STD_MIN)``
     of ``x = raw / scale``, ``m`` and ``s`` over the pixels where ``valid`` ((H, W) or
-    (N, H, W) bool; None: all) is true; invalid pixels come out as 0.
+    (N, H, W) bool; None: all) is true; invalid pixels come out as 0. The derived index
+    channels (``spec.derived``) follow the bands. ``out``: a float32 array of the result's
+    shape (``spec.model_channels`` channels) to write into, e.g. a slot of a batch (returned).
     """
     if raw.ndim not in (3, 4):
         raise LandslideError(f"expected a (C,H,W) or (N,C,H,W) array, got shape {raw.shape}")
@@ -173,20 +176,26 @@ def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None)
         raise LandslideError(
             f"the model expects {spec.num_bands} bands ({', '.join(spec.bands)}), got {c}"
         )
+    shape = (*raw.shape[:-3], c + len(spec.derived), *raw.shape[-2:])
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise LandslideError(f"normalize: out is {out.dtype} {out.shape}, expected float32 "
+                             f"{shape}")
+    bands = out[..., :c, :, :]
     if spec.normalization == "tile":
-        out = _normalize_tile(raw, spec, valid)
+        bands[...] = _normalize_tile(raw, spec, valid)
     else:
-        shape = (c, 1, 1)
-        scales = np.asarray(spec.band_scales(), dtype=np.float32).reshape(shape)
-        mean = np.asarray(spec.mean, dtype=np.float32).reshape(shape) * scales
-        inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(shape) * scales)
-        out = raw.astype(np.float32, copy=True)
-        out -= mean
-        out *= inv
+        per_band = (c, 1, 1)
+        scales = np.asarray(spec.band_scales(), dtype=np.float32).reshape(per_band)
+        mean = np.asarray(spec.mean, dtype=np.float32).reshape(per_band) * scales
+        inv = 1.0 / (np.asarray(spec.std, dtype=np.float32).reshape(per_band) * scales)
+        np.subtract(raw, mean, out=bands, dtype=np.float32)
+        bands *= inv
     if spec.derived:
         from landslide_cli.baselines import derived_channels
 
-        out = np.concatenate([out, derived_channels(raw, spec, valid)], axis=-3)
+        derived_channels(raw, spec, valid, out=out[..., c:, :, :])
     return out
 
 

@@ -211,3 +211,39 @@ def test_predict_synthetic_geotiff(run_cli, tmp_path):
     runs = pyogrio.read_dataframe(out, layer="runs", read_geometry=False)
     assert list(runs["model"]) == ["baseline:rg"]
     assert list(runs["model_sha256"]) == [BaselineBackend("baseline:rg").model_sha256]
+
+
+def test_index_score_maps_nan_and_infinities_and_leaves_inputs_alone():
+    """Scores outside [0, 1] are clipped, NaN counts as 0 and ±inf as 0 / 1; without
+    ``inplace`` the caller's bands are not touched (negative values stay negative)."""
+    from landslide_cli.baselines import index_score
+
+    r = np.array([-0.5, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
+    g = np.zeros_like(r)
+    raw = np.array([np.nan, np.inf, -np.inf, 2.0, 0.25], dtype=np.float32)
+    got = index_score(lambda r, g, b: raw.copy(), r, g, g)
+    np.testing.assert_array_equal(got, [0.0, 1.0, 0.0, 1.0, 0.25])
+    assert got.dtype == np.float32 and r[0] == -0.5
+    clamped = index_score(lambda r, g, b: r, r.copy(), g, g)
+    np.testing.assert_array_equal(clamped, np.array([0.0, 0.2, 0.3, 0.4, 0.5], np.float32))
+
+
+def test_normalize_writes_bands_and_derived_channels_into_out():
+    """``normalize(..., out=)`` fills a batch slot in place with exactly what the plain call
+    returns (bands, then the derived index channels, 0 where invalid), and refuses a slot of
+    the wrong shape or dtype."""
+    spec = InputSpec(mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.25], derived=["rg"])
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    valid = rng.random((16, 16)) > 0.2
+    want = normalize(raw, spec, valid)
+    batch = np.full((2, 4, 16, 16), 7.0, dtype=np.float32)
+    got = normalize(raw, spec, valid, out=batch[1])
+    assert got is batch[1] or np.shares_memory(got, batch)
+    np.testing.assert_array_equal(batch[1], want)
+    assert (batch[0] == 7.0).all()
+    np.testing.assert_array_equal(want[3][~valid], 0.0)
+    with pytest.raises(LandslideError, match="expected float32"):
+        normalize(raw, spec, out=np.empty((3, 16, 16), np.float32))
+    with pytest.raises(LandslideError, match="expected float32"):
+        normalize(raw, spec, out=np.empty((4, 16, 16), np.float64))

@@ -227,13 +227,13 @@ def prepare_tile(raw: np.ndarray, valid: np.ndarray | None, spec: InputSpec,
     Invalid pixels are set to 0 after normalization (the band mean), so nodata fill values do
     not leak extreme inputs into their valid neighbours' receptive fields.
     """
-    x = normalize(raw, spec, valid)  # per-tile statistics over the valid pixels only
+    h, w = raw.shape[1:]
+    whole = h == tile and w == tile
+    # per-tile statistics over the valid pixels only; a whole window goes straight into out
+    x = normalize(raw, spec, valid, out=out if whole else None)
     if valid is not None:
         x[:, ~valid] = 0.0
-    h, w = x.shape[1:]
-    if h == tile and w == tile:
-        out[...] = x
-    else:
+    if not whole:
         out[...] = np.pad(x, ((0, 0), (0, tile - h), (0, tile - w)), mode="symmetric")
 
 
