@@ -14,9 +14,14 @@ Then it measures, per held-out source (landslide IoU in %):
   the histogram of its pixels' ``z``: what a user could compute on an unlabelled scene);
 * ``percentile``: the fixed model on tiles whose bands were linearly mapped so that the held-out
   source's pooled ``--low``/``--high`` percentiles meet the percentiles stored with the model
-  (a per-scene radiometric match), with the nested logit shift.
+  (a per-scene radiometric match), with the nested logit shift;
+* ``scales`` (``--scales``): multi-scale test-time augmentation of the fixed model, each tile
+  also run at 0.5x and 2x its size, the logits resized back and averaged, with the nested shift;
+* ``hysteresis`` (``--hysteresis``): the fixed model's components of ``z >= low`` kept only
+  when they hold a pixel with ``z >= high`` (low and high nested as the shift is).
 
     python benchmarks/loso_posthoc.py                 # both runs under runs/, shared data
+    python benchmarks/loso_posthoc.py --hysteresis --scales 0.5,2
 """
 
 from __future__ import annotations
@@ -42,9 +47,25 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def fold_logits(run: Path, src: str, tiles: Any, match: tuple[float, float] | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated logits and truth of every pixel of ``tiles`` under ``run``'s fold model."""
+def rescaled_predict(be: Any, x: np.ndarray, scale: float) -> np.ndarray:
+    """P(landslide) of the normalized ``(C, H, W)`` input ``x`` run at ``scale`` times its
+    size (bilinear, antialiased when shrinking) and resized back to ``H x W`` as logits."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    size = (max(32, round(h * scale)), max(32, round(w * scale)))
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
+    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+    z = torch.from_numpy(logit(be.predict(t.numpy())))[:, None]
+    z = F.interpolate(z.float(), size=(h, w), mode="bilinear", align_corners=False)
+    return 1 / (1 + np.exp(-z[0, 0].numpy()))
+
+
+def fold_logits(run: Path, src: str, tiles: Any, match: tuple[float, float] | None = None,
+                scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated logits and truth of every pixel of ``tiles`` under ``run``'s fold model
+    (``scale``: run at that multiple of the tiles' size, see :func:`rescaled_predict`)."""
     from landslide_cli.backends import TorchBackend
     from landslide_cli.preprocess import normalize
 
@@ -67,7 +88,10 @@ def fold_logits(run: Path, src: str, tiles: Any, match: tuple[float, float] | No
         if lut is not None:
             lo, gain, dlo = (v[:, None, None] for v in lut)
             x = np.clip(np.round((x - lo) * gain + dlo), 0, 255).astype(np.uint8)
-        p = be.predict(normalize(x, be.spec)[None])[0]
+        if scale == 1.0:
+            p = be.predict(normalize(x, be.spec)[None])[0]
+        else:
+            p = rescaled_predict(be, normalize(x, be.spec), scale)
         zs.append((logit(p) - logit(be.threshold)).ravel().astype(np.float32))
         ys.append(mask.ravel() > 0)
     return np.concatenate(zs), np.concatenate(ys)
@@ -109,6 +133,39 @@ def otsu(z: np.ndarray, bins: int = 256) -> float:
     return float(c[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
+def components(fg: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected component labels of ``fg`` (as ``predict``'s polygonizer finds them:
+    GDAL's polygonize, rasterized back) and their number."""
+    import rasterio.features
+
+    polys = [g for g, _ in rasterio.features.shapes(fg.view(np.uint8), mask=fg, connectivity=4)]
+    if not polys:
+        return np.zeros(fg.shape, np.int32), 0
+    lab = rasterio.features.rasterize(zip(polys, range(1, len(polys) + 1), strict=True),
+                                      out_shape=fg.shape, fill=0, dtype="int32")
+    return lab, len(polys)
+
+
+def hysteresis_iou(tiles: list[tuple[np.ndarray, np.ndarray]], low: float,
+                   highs: list[float | None]) -> dict[float | None, float]:
+    """Pooled IoU of the components of ``z >= low`` that hold a pixel with ``z >= high``
+    (``None``: every component, the plain threshold), per ``high``."""
+    counts = {h: [0, 0, 0] for h in highs}
+    for z, y in tiles:
+        fg = z >= low
+        lab, n = components(fg)
+        peak = np.full(n + 1, -np.inf)
+        if n:
+            np.maximum.at(peak, lab[fg], z[fg])
+        for h in highs:
+            keep = (lab > 0) if h is None else (peak >= h)[lab] & (lab > 0)
+            c = counts[h]
+            c[0] += np.count_nonzero(keep & y)
+            c[1] += np.count_nonzero(keep & ~y)
+            c[2] += np.count_nonzero(~keep & y)
+    return {h: c[0] / max(sum(c), 1) for h, c in counts.items()}
+
+
 def pct(values: list[float]) -> str:
     return " | ".join(f"{100 * v:.1f}" for v in values) + f" | **{100 * np.mean(values):.1f}**"
 
@@ -124,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--high", type=float, default=98.0)
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "loso-posthoc")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--hysteresis", action="store_true",
+                   help="also measure hysteresis thresholding of the fixed model (components "
+                        "of z >= low kept when they hold a pixel with z >= high)")
+    p.add_argument("--scales", default="0.5,2",
+                   help="multi-scale test-time levels for the fixed model, comma-separated "
+                        "multiples of the tile size ('' for none)")
     args = p.parse_args(argv)
+    args.scales = [float(v) for v in args.scales.split(",") if v.strip()]
 
     from landslide_cli.runtime import tune_allocator
 
@@ -138,16 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     everything = open_dataset("folder", args.data, split="all")
     z: dict[str, dict[str, np.ndarray]] = {}
     truth: dict[str, np.ndarray] = {}
-    variants = {"fixed": (args.fixed, None), "tile": (args.tile, None),
-                "percentile": (args.fixed, (args.low, args.high))}
+    variants = {"fixed": (args.fixed, None, 1.0), "tile": (args.tile, None, 1.0),
+                "percentile": (args.fixed, (args.low, args.high), 1.0)}
+    for sc in args.scales:
+        variants[f"fixed-x{sc:g}"] = (args.fixed, None, sc)
     for src in SOURCES:
         tiles = everything.subset([i for i, s in enumerate(everything.samples)
                                    if s.region == src])
         z[src] = {}
-        for name, (run, match) in variants.items():
+        for name, (run, match, sc) in variants.items():
             f = args.cache / f"{src}-{name}.npz"
             if not f.exists():
-                zz, yy = fold_logits(run, src, tiles, match)
+                zz, yy = fold_logits(run, src, tiles, match, sc)
                 np.savez(f, z=zz, y=yy)
             data = np.load(f)
             z[src][name], truth[src] = data["z"], data["y"]
@@ -185,7 +251,58 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| percentile match {args.low:g}/{args.high:g}, fixed model, nested shift | "
           f"{pct([ns[s][0] for s in SOURCES])} |")
     print(f"| percentile match, oracle | {pct([hp[s].oracle() for s in SOURCES])} |")
+    if args.hysteresis:
+        print_hysteresis(everything, z, truth)
+    levels = [1.0, *args.scales]
+    combos = [(sc,) for sc in levels] + [(1.0, sc) for sc in args.scales]
+    if len(args.scales) > 1:
+        combos.append(tuple(levels))
+    for combo in combos:  # multi-scale TTA: mean calibrated logit over the levels
+        key = ["fixed" if sc == 1.0 else f"fixed-x{sc:g}" for sc in combo]
+        hm = {s: Hist(np.mean([z[s][k] for k in key], axis=0), truth[s]) for s in SOURCES}
+        ns = nested(hm)
+        label = "+".join(f"x{sc:g}" for sc in combo)
+        print(f"| scales {label}, fixed model, own threshold | "
+              f"{pct([hm[s].iou(j0) for s in SOURCES])} |")
+        print(f"| scales {label}, nested shift | {pct([ns[s][0] for s in SOURCES])} |")
+        print(f"| scales {label}, oracle | {pct([hm[s].oracle() for s in SOURCES])} |")
     return 0
+
+
+def print_hysteresis(everything: Any, z: dict[str, dict[str, np.ndarray]],
+                     truth: dict[str, np.ndarray]) -> None:
+    """Hysteresis rows: the low threshold nested per ``high`` (a shift below the model's own
+    threshold, fitted on the other folds as the shipped rule is), and both nested."""
+    import itertools
+
+    lows = [round(v, 2) for v in np.arange(-2.5, 0.01, 0.1)]
+    highs: list[float | None] = [None, -0.5, 0.0, 0.5, 1.0]
+    table: dict[tuple[str, float, float | None], float] = {}
+    for src in SOURCES:
+        shapes = [everything.read(i)[1].shape for i, s in enumerate(everything.samples)
+                  if s.region == src]
+        cuts = np.cumsum([0, *[a * b for a, b in shapes]])
+        tiles = [(z[src]["fixed"][cuts[k]:cuts[k + 1]].reshape(shapes[k]),
+                  truth[src][cuts[k]:cuts[k + 1]].reshape(shapes[k])) for k in range(len(shapes))]
+        for low in lows:
+            for h, v in hysteresis_iou(tiles, low, highs).items():
+                table[(src, low, h)] = v
+        print(f"hysteresis {src}", file=sys.stderr, flush=True)
+
+    def nested_rows(pairs: list[tuple[float, float | None]]) -> list[float]:
+        rows = []
+        for src in SOURCES:
+            others = [o for o in SOURCES if o != src]
+            low, h = max(pairs, key=lambda lh: float(np.mean([table[(o, *lh)] for o in others])))
+            rows.append(table[(src, low, h)])
+        return rows
+
+    for h in highs:
+        label = "plain (no high threshold)" if h is None else f"high z >= {h:+g}"
+        print(f"| hysteresis, {label}, nested low | "
+              f"{pct(nested_rows([(lo, h) for lo in lows]))} |")
+    print(f"| hysteresis, low and high both nested | "
+          f"{pct(nested_rows(list(itertools.product(lows, highs))))} |")
 
 
 if __name__ == "__main__":
