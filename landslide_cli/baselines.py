@@ -29,7 +29,7 @@ import numpy as np
 
 from landslide_cli import __version__
 from landslide_cli.errors import LandslideError
-from landslide_cli.preprocess import InputSpec
+from landslide_cli.preprocess import InputSpec, float32_output
 from landslide_cli.registry import Registry
 
 #: model references starting with this open a baseline (``baseline:rg``)
@@ -119,19 +119,16 @@ def rgb_positions(names: list[str]) -> tuple[int, int, int]:
 
 
 def index_score(score: Score, r: np.ndarray, g: np.ndarray, b: np.ndarray, *,
-                inplace: bool = False) -> np.ndarray:
+                clamped: bool = False) -> np.ndarray:
     """``score(r, g, b)`` of [0, 1]-scaled bands as float32 in [0, 1]; negative values
     (padding, odd normalization) carry no colour and count as black, NaN scores as 0 (and
-    infinite ones as 0 or 1). ``inplace``: ``r``, ``g`` and ``b`` are the caller's scratch
-    arrays and may be overwritten."""
-    if inplace:
-        for v in (r, g, b):
-            np.maximum(v, 0.0, out=v)
-    else:
+    infinite ones as 0 or 1). ``clamped``: the bands have no negative values already (no
+    clamped copies are made). The bands are never modified."""
+    if not clamped:
         r, g, b = (np.maximum(v, 0.0) for v in (r, g, b))
     out = np.asarray(score(r, g, b), dtype=np.float32)
-    if not out.flags.writeable:  # pragma: no cover - a score returning a read-only view
-        out = out.copy()
+    if not out.flags.writeable or any(np.may_share_memory(out, v) for v in (r, g, b)):
+        out = out.copy()  # (a score that returns a band or a view of one)
     np.fmax(out, 0.0, out=out)  # (fmax/fmin: NaN -> 0, -inf -> 0, +inf -> 1)
     np.fmin(out, 1.0, out=out)
     return out
@@ -145,17 +142,15 @@ def derived_channels(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None 
     already divided by it, as the training data set's augmented tiles are). ``out``: a float32
     array of that shape to write them into (returned)."""
     div = np.float32(1.0 if scaled else spec.scale)
-    shape = (*raw.shape[:-3], len(spec.derived), *raw.shape[-2:])
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    elif out.shape != shape or out.dtype != np.float32:
-        raise LandslideError(f"derived channels: out is {out.dtype} {out.shape}, expected "
-                             f"float32 {shape}")
-    positions = rgb_positions(list(spec.bands))
+    out = float32_output(out, (*raw.shape[:-3], len(spec.derived), *raw.shape[-2:]),
+                         "derived channels")
+    bands = [np.true_divide(raw[..., i, :, :], div, dtype=np.float32)
+             for i in rgb_positions(list(spec.bands))]
+    for v in bands:  # (fresh arrays: clamped in place, once for every index)
+        np.maximum(v, 0.0, out=v)
     mask = None if valid is None else np.asarray(valid, dtype=bool)
     for k, name in enumerate(spec.derived):
-        r, g, b = (np.true_divide(raw[..., i, :, :], div, dtype=np.float32) for i in positions)
-        score = index_score(BASELINES.entry(name).builder, r, g, b, inplace=True)
+        score = index_score(BASELINES.entry(name).builder, *bands, clamped=True)
         if mask is not None:
             score *= mask
         out[..., k, :, :] = score

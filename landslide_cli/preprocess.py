@@ -176,12 +176,8 @@ def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None,
         raise LandslideError(
             f"the model expects {spec.num_bands} bands ({', '.join(spec.bands)}), got {c}"
         )
-    shape = (*raw.shape[:-3], c + len(spec.derived), *raw.shape[-2:])
-    if out is None:
-        out = np.empty(shape, dtype=np.float32)
-    elif out.shape != shape or out.dtype != np.float32:
-        raise LandslideError(f"normalize: out is {out.dtype} {out.shape}, expected float32 "
-                             f"{shape}")
+    out = float32_output(out, (*raw.shape[:-3], c + len(spec.derived), *raw.shape[-2:]),
+                         "normalize")
     bands = out[..., :c, :, :]
     if spec.normalization == "tile":
         bands[...] = _normalize_tile(raw, spec, valid)
@@ -196,6 +192,16 @@ def normalize(raw: np.ndarray, spec: InputSpec, valid: np.ndarray | None = None,
         from landslide_cli.baselines import derived_channels
 
         derived_channels(raw, spec, valid, out=out[..., c:, :, :])
+    return out
+
+
+def float32_output(out: np.ndarray | None, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``out`` checked to be a float32 array of ``shape`` (else a one-line error naming
+    ``what``), or a new empty one when ``out`` is None."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32:
+        raise LandslideError(f"{what}: out is {out.dtype} {out.shape}, expected float32 {shape}")
     return out
 
 

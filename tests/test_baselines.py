@@ -214,8 +214,9 @@ def test_predict_synthetic_geotiff(run_cli, tmp_path):
 
 
 def test_index_score_maps_nan_and_infinities_and_leaves_inputs_alone():
-    """Scores outside [0, 1] are clipped, NaN counts as 0 and ±inf as 0 / 1; without
-    ``inplace`` the caller's bands are not touched (negative values stay negative)."""
+    """Scores outside [0, 1] are clipped, NaN counts as 0 and ±inf as 0 / 1; the caller's
+    bands are never touched (negative values stay negative), also not when the score
+    returns one of the (already clamped) bands itself."""
     from landslide_cli.baselines import index_score
 
     r = np.array([-0.5, 0.2, 0.3, 0.4, 0.5], dtype=np.float32)
@@ -226,6 +227,10 @@ def test_index_score_maps_nan_and_infinities_and_leaves_inputs_alone():
     assert got.dtype == np.float32 and r[0] == -0.5
     clamped = index_score(lambda r, g, b: r, r.copy(), g, g)
     np.testing.assert_array_equal(clamped, np.array([0.0, 0.2, 0.3, 0.4, 0.5], np.float32))
+    big = np.array([0.5, 3.0], dtype=np.float32)
+    same = index_score(lambda r, g, b: r, big, big, big, clamped=True)
+    np.testing.assert_array_equal(same, np.array([0.5, 1.0], np.float32))
+    assert big[1] == 3.0
 
 
 def test_normalize_writes_bands_and_derived_channels_into_out():
